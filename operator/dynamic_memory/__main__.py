@@ -1,0 +1,3 @@
+from dynamic_memory.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,269 @@
+"""The DynamicMemoryPolicy API (dynamicmemory.io/v1alpha1) as pydantic models.
+
+These models are the single source of truth: `dynamic-memory crd` generates crds/ from them
+(schema, defaults, CEL rules), the operator validates what it reads with them, and a test fails
+when the two drift. Field names are the API's own (camelCase), so there is nothing to map.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.config import JsonDict
+
+from dynamic_memory.model import KUBEVIRT_BLOCK, KUBEVIRT_MIN_GUEST, Mode, PolicyParams, ScaleRules
+from dynamic_memory.quantity import DURATION_PATTERN, QUANTITY_PATTERN, parse_duration, parse_quantity
+
+GROUP = "dynamicmemory.io"
+VERSION = "v1alpha1"
+KIND = "DynamicMemoryPolicy"
+PLURAL = "dynamicmemorypolicies"
+SHORT_NAME = "dmp"
+
+
+def _cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
+    out: JsonDict = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    return out
+
+
+def _aligned(field: str) -> JsonDict:
+    q = f"quantity(self.{field})"
+    return _cel(f"!isQuantity(self.{field}) || ({q}.isInteger() && {q}.asInteger() % {KUBEVIRT_BLOCK} == 0)",
+                f"{field} must be a multiple of 2Mi (KubeVirt's memory hotplug block)", f".{field}")
+
+
+def _not_above(low: str, high: str) -> JsonDict:
+    return _cel(f"!isQuantity(self.{low}) || !isQuantity(self.{high}) || "
+                f"quantity(self.{low}).compareTo(quantity(self.{high})) <= 0",
+                f"{low} must not be larger than {high}", f".{low}")
+
+
+_IS_QUANTITY = _cel("isQuantity(self)", "must be a quantity such as 512Mi or 4Gi")
+Quantity = Annotated[str, Field(max_length=64, json_schema_extra={"pattern": QUANTITY_PATTERN,
+                                                                  "x-kubernetes-validations": [_IS_QUANTITY]})]
+Duration = Annotated[str, Field(max_length=32, json_schema_extra={"pattern": DURATION_PATTERN})]
+_DEFAULTED: JsonDict = {"default": {}}
+"""Schema default for nested objects, so the API server fills in their fields' defaults too."""
+
+
+class _Strict(BaseModel):
+    """Unknown fields are errors: a typo must not silently become a default."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _quantity(value: str) -> str:
+    parse_quantity(value)
+    return value
+
+
+def _duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+class LabelSelectorRequirement(_Strict):
+    """One matchExpressions entry, as in every Kubernetes label selector."""
+
+    key: str = Field(min_length=1, max_length=317)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _values_fit_operator(self) -> LabelSelectorRequirement:
+        if self.operator in ("In", "NotIn") and not self.values:
+            raise ValueError(f"operator {self.operator} needs at least one value")
+        if self.operator in ("Exists", "DoesNotExist") and self.values:
+            raise ValueError(f"operator {self.operator} takes no values")
+        return self
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _cel("!(self.operator in ['In', 'NotIn']) || size(self.values) > 0",
+             "operators In and NotIn need at least one value"),
+        _cel("!(self.operator in ['Exists', 'DoesNotExist']) || size(self.values) == 0",
+             "operators Exists and DoesNotExist take no values"),
+    ]})
+
+
+class LabelSelector(_Strict):
+    """Which VirtualMachines, in the policy's namespace, the policy governs."""
+
+    matchLabels: dict[str, str] = Field(default_factory=dict)
+    matchExpressions: list[LabelSelectorRequirement] = Field(default_factory=list)
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        """True when a VM with these labels is selected (the API server's own semantics)."""
+        if any(labels.get(k) != v for k, v in self.matchLabels.items()):
+            return False
+        for req in self.matchExpressions:
+            present = req.key in labels
+            value = labels.get(req.key)
+            ok = {"In": present and value in req.values,
+                  "NotIn": not present or value not in req.values,
+                  "Exists": present,
+                  "DoesNotExist": not present}[req.operator]
+            if not ok:
+                return False
+        return True
+
+
+class _ScaleBase(_Strict):
+    minStepPercent: int = Field(10, ge=0, le=100,
+                                description="Smallest change worth a migration, in percent of the VM's size.")
+
+    _check_step = field_validator("minStep", check_fields=False)(_quantity)
+    _check_window = field_validator("stabilizationWindow", check_fields=False)(_duration)
+
+
+class ScaleUp(_ScaleBase):
+    """How readily a VM grows. Every resize is a live migration in KubeVirt."""
+
+    stabilizationWindow: Duration = Field("0s", description=(
+        "Demand must stay high this long before a VM grows (0s: grow at once)."))
+    minStep: Quantity = Field("512Mi", description=(
+        "Smallest growth worth a migration when the guest is within its buffer; "
+        "a guest short of memory grows at once."))
+    maxPerHour: int = Field(4, ge=1, le=60, description="Most grows per VM in any hour.")
+
+
+class ScaleDown(_ScaleBase):
+    """How cautiously a VM shrinks."""
+
+    stabilizationWindow: Duration = Field("6h", description=(
+        "The peak demand of this window is kept, and a VM shrinks no sooner than this after its last resize."))
+    minStep: Quantity = Field("1Gi", description="Smallest shrink worth a migration.")
+    maxPerHour: int = Field(1, ge=1, le=60, description="Most shrinks per VM in any hour.")
+
+
+class MetricsSettings(_Strict):
+    """How to find KubeVirt's guest memory metrics where a Prometheus setup differs from the default."""
+
+    nameLabel: str = Field("name", min_length=1, description="Label holding the VMI name.")
+    namespaceLabel: str = Field("namespace", min_length=1, description="Label holding the VMI namespace.")
+    matchers: str = Field("", max_length=1024, description=(
+        'Extra PromQL label matchers added to every query, e.g. job="kubevirt-prometheus-metrics".'))
+    staleAfter: Duration = Field("2m", description="Older samples count as missing: the VM is then never shrunk.")
+
+    _check_stale = field_validator("staleAfter")(_duration)
+
+
+class PolicySpec(_Strict):
+    """Hyper-V Dynamic Memory's knobs for a set of KubeVirt VMs."""
+
+    selector: LabelSelector = Field(description="VirtualMachines in this namespace that the policy governs.")
+    startup: Quantity = Field(description=(
+        "Guest memory a VM boots with. KubeVirt cannot unplug below the boot size, so this is also the "
+        "live floor while the VM runs."))
+    minimum: Quantity = Field("1Gi", description="Smallest guest memory (at least 1Gi, KubeVirt's hotplug floor).")
+    maximum: Quantity = Field(description="Largest guest memory; set as the VM's maxGuest.")
+    bufferPercent: int = Field(20, ge=5, le=2000, description=(
+        "Memory kept free above demand, in percent of demand (Hyper-V's buffer, 5-2000)."))
+    minimumBuffer: Quantity = Field("1Gi", description=(
+        "The buffer is never smaller than this: guests burst in absolute sizes (a process starting)."))
+    weight: int = Field(5000, ge=0, le=10000, description=(
+        "Share of a short node's memory, relative to the other VMs there (Hyper-V's weight, 0-10000)."))
+    interval: Duration = Field("30s", description="How often to decide.")
+    mode: Literal["Auto", "Recommend", "Off"] = Field("Auto", description=(
+        "Auto changes VMs; Recommend decides and reports only; Off does nothing."))
+    scaleUp: ScaleUp = Field(default_factory=ScaleUp, json_schema_extra=_DEFAULTED)
+    scaleDown: ScaleDown = Field(default_factory=ScaleDown, json_schema_extra=_DEFAULTED)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings, json_schema_extra=_DEFAULTED)
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _not_above("minimum", "startup"),
+        _not_above("startup", "maximum"),
+        _cel("!isQuantity(self.minimum) || quantity(self.minimum).compareTo(quantity('1Gi')) >= 0",
+             "minimum must be at least 1Gi (KubeVirt refuses memory hotplug below 1Gi)", ".minimum"),
+        _aligned("minimum"), _aligned("startup"), _aligned("maximum"),
+        _cel("duration(self.interval) >= duration('5s')", "interval must be at least 5s", ".interval"),
+    ]})
+
+    _check_quantities = field_validator("startup", "minimum", "maximum", "minimumBuffer")(_quantity)
+    _check_interval = field_validator("interval")(_duration)
+
+    @model_validator(mode="after")
+    def _sizes_are_consistent(self) -> PolicySpec:
+        low, start, high = (parse_quantity(v) for v in (self.minimum, self.startup, self.maximum))
+        if low < KUBEVIRT_MIN_GUEST:
+            raise ValueError(f"minimum {self.minimum} is below 1Gi (KubeVirt refuses memory hotplug below 1Gi)")
+        for name, value in (("minimum", low), ("startup", start), ("maximum", high)):
+            if value % KUBEVIRT_BLOCK:
+                raise ValueError(f"{name} {getattr(self, name)} is not a multiple of 2Mi (KubeVirt's hotplug block)")
+        if low > start:
+            raise ValueError(f"minimum {self.minimum} must not be larger than startup {self.startup}")
+        if start > high:
+            raise ValueError(f"startup {self.startup} must not be larger than maximum {self.maximum}")
+        if parse_duration(self.interval) < 5:
+            raise ValueError(f"interval {self.interval} is shorter than 5s")
+        return self
+
+    def params(self) -> PolicyParams:
+        """The engine's view: bytes and seconds."""
+        up, down = self.scaleUp, self.scaleDown
+        return PolicyParams(
+            startup=parse_quantity(self.startup), minimum=parse_quantity(self.minimum),
+            maximum=parse_quantity(self.maximum), buffer_percent=self.bufferPercent,
+            minimum_buffer=parse_quantity(self.minimumBuffer), weight=self.weight,
+            scale_up=ScaleRules(parse_duration(up.stabilizationWindow), parse_quantity(up.minStep),
+                                up.minStepPercent, up.maxPerHour),
+            scale_down=ScaleRules(parse_duration(down.stabilizationWindow), parse_quantity(down.minStep),
+                                  down.minStepPercent, down.maxPerHour),
+            mode=Mode(self.mode))
+
+
+class Condition(BaseModel):
+    """metav1.Condition."""
+
+    type: str = Field(max_length=316, pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                                              r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$")
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    message: str = Field("", max_length=32768)
+    lastTransitionTime: str = Field(json_schema_extra={"format": "date-time"})
+    observedGeneration: int = Field(0, ge=0)
+
+
+class PressuredVM(BaseModel):
+    """One of the VMs with the least headroom, for `kubectl describe`."""
+
+    name: str
+    node: str = ""
+    assigned: str
+    demand: str
+    target: str
+    reason: str = Field("", max_length=1024)
+
+
+class PolicyStatus(BaseModel):
+    """What the operator last saw and did. Per-VM detail lives on each VM and in Events."""
+
+    observedGeneration: int = Field(0, ge=0)
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra={
+        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
+    vms: int = Field(0, ge=0, description="VirtualMachines selected.")
+    running: int = Field(0, ge=0, description="Selected VMs that are running.")
+    assigned: str = Field("0", description="Guest memory of the running selected VMs, summed.")
+    demand: str = Field("0", description="Their demand, summed (VMs with unknown demand count at their size).")
+    target: str = Field("0", description="Their targets, summed.")
+    lastDecisionTime: str | None = Field(None, json_schema_extra={"format": "date-time"})
+    pressured: list[PressuredVM] = Field(default_factory=list, max_length=10, description=(
+        "The VMs with the least headroom (at most 10)."))
+
+
+def validation_errors(spec: dict[str, Any]) -> list[str]:
+    """Every problem with a policy spec, each naming its field; empty when the spec is valid."""
+    from pydantic import ValidationError
+
+    try:
+        PolicySpec.model_validate(spec)
+    except ValidationError as exc:
+        out = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "spec"
+            msg = err["msg"].removeprefix("Value error, ")
+            out.append(f"spec.{where}: {msg}" if where != "spec" else f"spec: {msg}")
+        return out
+    return []

@@ -1,0 +1,1 @@
+"""Pure decision logic: demand → target → node budget. No I/O, no kopf, no Kubernetes client."""

@@ -1,0 +1,141 @@
+"""Peer algorithms, implemented from their published descriptions, to compare ours against.
+
+Each follows ../shared/reference/peers.md; where a peer's rule needs a host, the node's room
+is its host. They share our bounds and alignment so that only the algorithm differs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+from dynamic_memory.model import Action, Decision, PolicyParams, Why
+from dynamic_memory.policy.budget import water_fill
+from dynamic_memory.policy.engine import Entry, SignalSpec, budget
+from dynamic_memory.policy.target import fit, live_bounds
+from dynamic_memory.quantity import MIB
+
+
+def _set(entry: Entry, target: int, reason: str, demand: int | None = None) -> Decision:
+    vm = entry.vm
+    action = Action.GROW if target > vm.assigned else Action.SHRINK if target < vm.assigned else Action.HOLD
+    return Decision(vm.key, vm.node, vm.assigned, target, action, Why("Baseline", reason), demand=demand,
+                    wanted=target)
+
+
+class Static:
+    """No dynamic memory: every VM keeps the memory it was given (within its bounds)."""
+
+    name = "static"
+
+    def signal_spec(self, params: PolicyParams) -> SignalSpec:
+        """Reads nothing."""
+        return SignalSpec()
+
+    def plan(self, entries: Sequence[Entry], rooms: Mapping[str, int | None], now: float) -> list[Decision]:
+        """Keep what each VM has."""
+        out = []
+        for e in entries:
+            floor, ceiling = live_bounds(e.vm, e.params)
+            out.append(_set(e, min(max(e.vm.assigned, floor), ceiling), "static allocation"))
+        return out
+
+
+class HyperV:
+    """Hyper-V's balancer: assigned = current demand + buffer at every step, no hysteresis; under
+    shortage memory goes by weight (buffers first to give way)."""
+
+    name = "hyperv"
+
+    def signal_spec(self, params: PolicyParams) -> SignalSpec:
+        """Newest demand only."""
+        return SignalSpec()
+
+    def plan(self, entries: Sequence[Entry], rooms: Mapping[str, int | None], now: float) -> list[Decision]:
+        """Demand × (1 + buffer), every time."""
+        out = []
+        for e in entries:
+            floor, ceiling = live_bounds(e.vm, e.params)
+            demand = e.signal.latest
+            if demand is None:
+                out.append(_set(e, e.vm.assigned, "no demand: hold"))
+                continue
+            target = fit(demand + demand * e.params.buffer_percent // 100, floor, ceiling, e.params.alignment)
+            out.append(_set(e, target, "demand + buffer", demand))
+        return budget(entries, out, rooms)
+
+
+class Proxmox:
+    """Proxmox VE auto-ballooning (pvestatd/AutoBalloon.pm): steer host use to 80 % of its memory,
+    sharing by `shares` (1000 each) above each VM's minimum, at most 100 MiB per VM per 10 s round.
+
+    The host's used memory is the sum of its VMs' memory (a guest's RAM is resident on the host)."""
+
+    name = "proxmox"
+    target_percent = 80
+    deadband = 10 * MIB
+    change_per_s = 10 * MIB  # 100 MiB per 10 s round
+    shares = 1000
+
+    def __init__(self, step_s: float = 10.0) -> None:
+        self.max_change = int(self.change_per_s * step_s)
+
+    def signal_spec(self, params: PolicyParams) -> SignalSpec:
+        """Reads no guest demand: it steers by host use."""
+        return SignalSpec()
+
+    def plan(self, entries: Sequence[Entry], rooms: Mapping[str, int | None], now: float) -> list[Decision]:
+        """One auto-balloon round per node."""
+        by_node: dict[str, list[Entry]] = defaultdict(list)
+        for e in entries:
+            by_node[e.vm.node].append(e)
+        targets: dict[str, int] = {}
+        for node, group in by_node.items():
+            host = rooms.get(node)
+            if host is None:
+                host = sum(live_bounds(e.vm, e.params)[1] for e in group)
+            used = sum(e.vm.assigned for e in group)
+            goal = host * self.target_percent // 100 - used
+            if abs(goal) <= self.deadband:
+                continue
+            bounds = {e.vm.key: live_bounds(e.vm, e.params) for e in group}
+            total = max(0, used + goal - sum(lo for lo, _ in bounds.values()))
+            extra = water_fill({k: hi - lo for k, (lo, hi) in bounds.items()},
+                               dict.fromkeys(bounds, self.shares), total)
+            for e in group:
+                lo, hi = bounds[e.vm.key]
+                desired = lo + extra[e.vm.key]
+                step = max(-self.max_change, min(self.max_change, desired - e.vm.assigned))
+                targets[e.vm.key] = fit(e.vm.assigned + step, lo, hi, e.params.alignment)
+        return [_set(e, targets.get(e.vm.key, e.vm.assigned), "auto-balloon toward 80% host use")
+                for e in entries]
+
+
+class VPA:
+    """Kubernetes VPA recommender applied in place: P90 of the last 24 h of demand + 15 % safety
+    margin, applied when the current size is more than 10 % away from it."""
+
+    name = "vpa"
+    window_s = 24 * 3600.0
+    quantile = 0.9
+    margin_percent = 15
+    tolerance_percent = 10
+
+    def signal_spec(self, params: PolicyParams) -> SignalSpec:
+        """P90 over 24 h."""
+        return SignalSpec(0.0, self.window_s, self.quantile)
+
+    def plan(self, entries: Sequence[Entry], rooms: Mapping[str, int | None], now: float) -> list[Decision]:
+        """Recommend, then update only outside the tolerance."""
+        out = []
+        for e in entries:
+            floor, ceiling = live_bounds(e.vm, e.params)
+            p90 = e.signal.peak
+            if p90 is None or e.signal.latest is None:
+                out.append(_set(e, e.vm.assigned, "no history: hold"))
+                continue
+            target = fit(p90 + p90 * self.margin_percent // 100, floor, ceiling, e.params.alignment)
+            if abs(target - e.vm.assigned) * 100 <= e.vm.assigned * self.tolerance_percent:
+                target = e.vm.assigned
+            out.append(_set(e, target, "P90 of 24 h + 15%", p90))
+        return budget(entries, out, rooms)

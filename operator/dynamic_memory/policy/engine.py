@@ -1,0 +1,100 @@
+"""One decision pass over many VMs: per-VM targets, then each node's budget. Pure.
+
+`plan` is what the operator's reconcile loop and the simulator both call; baselines implement
+the same `Policy` protocol so the simulator can run them side by side.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+from dynamic_memory.model import Decision, DemandSignal, PolicyParams, VMState
+from dynamic_memory.policy.budget import Claim, fit_to_room
+from dynamic_memory.policy.target import decide, fit, live_bounds
+
+
+class Entry(NamedTuple):
+    """A VM, what its metrics say, and the policy that governs it."""
+
+    vm: VMState
+    signal: DemandSignal
+    params: PolicyParams
+
+
+@dataclass(frozen=True, slots=True)
+class SignalSpec:
+    """Which demand statistics a policy reads: the sources compute exactly these (PromQL or replay)."""
+
+    up_window_s: float = 0.0
+    """`latest` is the lowest demand over this window (0: the newest sample)."""
+    down_window_s: float = 0.0
+    """`peak` is taken over this window."""
+    down_quantile: float = 1.0
+    """`peak` is this quantile of the window (1.0: the maximum)."""
+
+
+class Policy(Protocol):
+    """A memory policy the simulator can run: ours or a baseline."""
+
+    name: str
+
+    def signal_spec(self, params: PolicyParams) -> SignalSpec:
+        """The statistics this policy needs from the metrics."""
+        ...
+
+    def plan(self, entries: Sequence[Entry], rooms: Mapping[str, int | None], now: float) -> list[Decision]:
+        """Decisions for every entry; `rooms` maps node → guest bytes its VMs may use (None: no limit)."""
+        ...
+
+
+def claim_of(entry: Entry, decision: Decision) -> Claim:
+    """A VM's stake in its node: floor, demand and the target it was given."""
+    vm, params = entry.vm, entry.params
+    if decision.limited == "blocked":
+        return Claim(vm.key, vm.assigned, vm.assigned, vm.assigned, params.weight)
+    floor, ceiling = live_bounds(vm, params)
+    want = decision.target
+    need = want if decision.demand is None else fit(decision.demand, floor, ceiling, params.alignment)
+    return Claim(vm.key, min(floor, want), min(need, want), want, params.weight)
+
+
+def budget(entries: Sequence[Entry], decisions: Sequence[Decision],
+           rooms: Mapping[str, int | None]) -> list[Decision]:
+    """Apply each node's room to the decisions of its VMs (order of `decisions` is kept)."""
+    by_node: dict[str, list[int]] = defaultdict(list)
+    for i, entry in enumerate(entries):
+        by_node[entry.vm.node].append(i)
+    out = list(decisions)
+    for node, idx in by_node.items():
+        room = rooms.get(node)
+        if room is None:
+            continue
+        alignment = max(entries[i].params.alignment for i in idx)
+        fitted = fit_to_room([decisions[i] for i in idx], [claim_of(entries[i], decisions[i]) for i in idx],
+                             room, alignment)
+        for i, d in zip(idx, fitted, strict=True):
+            out[i] = d
+    return out
+
+
+def plan(entries: Sequence[Entry], rooms: Mapping[str, int | None], now: float) -> list[Decision]:
+    """Our engine: every VM's own target, then each node's budget."""
+    decisions = [decide(e.vm, e.signal, e.params, now) for e in entries]
+    return budget(entries, decisions, rooms)
+
+
+class DynamicMemory:
+    """The kubevirt-dynamic-memory policy (demand + buffer, KubeVirt-aware hysteresis, node budget)."""
+
+    name = "dynamic-memory"
+
+    def signal_spec(self, params: PolicyParams) -> SignalSpec:
+        """Lowest demand of the scale-up window, highest of the scale-down window."""
+        return SignalSpec(params.scale_up.window_s, params.scale_down.window_s, 1.0)
+
+    def plan(self, entries: Sequence[Entry], rooms: Mapping[str, int | None], now: float) -> list[Decision]:
+        """See `plan`."""
+        return plan(entries, rooms, now)

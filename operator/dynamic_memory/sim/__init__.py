@@ -1,0 +1,1 @@
+"""The simulator: clusters, scenarios and trace replay, driving the very same policy code."""

@@ -1,0 +1,193 @@
+"""A simulated KubeVirt cluster that runs any Policy through time.
+
+KubeVirt's rules, as the real one applies them: guest sizes in 2 MiB blocks, at least 1 GiB,
+never above maxGuest nor below the boot size while running; every resize is a live migration
+that takes time, during which the VM cannot be resized again; a node's pods request
+guest + overhead and must fit in allocatable − reserve.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from dynamic_memory.model import KUBEVIRT_BLOCK, KUBEVIRT_MIN_GUEST, Action, PolicyParams, VMState
+from dynamic_memory.policy.engine import Entry, Policy
+from dynamic_memory.quantity import GIB, MIB
+from dynamic_memory.sim.history import DemandHistory
+
+DemandFn = Callable[[float], int]
+"""Guest demand in bytes at a time in seconds."""
+
+
+def launcher_overhead(guest: int, vcpus: int = 2) -> int:
+    """virt-launcher overhead as KubeVirt computes it for a plain VM: 240Mi fixed, guest/512 for page
+    tables, 8Mi per vCPU plus 8Mi for the IOThread, 32Mi for graphics."""
+    return 240 * MIB + guest // 512 + 8 * MIB * vcpus + 8 * MIB + 32 * MIB
+
+
+@dataclass(frozen=True, slots=True)
+class SimNode:
+    """A node: what the scheduler sees."""
+
+    name: str
+    allocatable: int
+    reserve: int = GIB
+    """Kept free for kubelet eviction thresholds and system daemons."""
+    others: int = 0
+    """Memory requests of pods on the node that are not our VMs."""
+
+
+@dataclass(frozen=True, slots=True)
+class SimVM:
+    """A VM of the scenario: where it runs, its policy, what it would get without dynamic memory."""
+
+    name: str
+    node: str
+    params: PolicyParams
+    demand: DemandFn
+    provisioned: int
+    """Its static size (what `static` gives it)."""
+    max_guest: int = 0
+    """maxGuest; 0 means the policy's maximum."""
+
+
+@dataclass(slots=True)
+class _Live:
+    vm: SimVM
+    assigned: int
+    guest_at_boot: int
+    max_guest: int
+    history: DemandHistory
+    last_resize: float | None = None
+    migrating_until: float = -1.0
+    pending: int = 0
+    log: deque[tuple[float, Action]] = field(default_factory=deque)
+
+
+@dataclass
+class Timeline:
+    """What happened, step by step, for the report and the plot."""
+
+    t: list[float] = field(default_factory=list)
+    demand: dict[str, list[int]] = field(default_factory=dict)
+    assigned: dict[str, list[int]] = field(default_factory=dict)
+    node_used: dict[str, list[int]] = field(default_factory=dict)
+    """Requests of our VMs' pods (guest + overhead) on each node."""
+    node_capacity: dict[str, list[int]] = field(default_factory=dict)
+    """allocatable − reserve − other pods."""
+
+
+@dataclass
+class SimResult:
+    """One policy's run of one scenario."""
+
+    policy: str
+    timeline: Timeline
+    resizes: int = 0
+    violations: list[str] = field(default_factory=list)
+    """KubeVirt rules a decision broke (must stay empty for our engine)."""
+    reasons: list[str] = field(default_factory=list)
+    """The words of every change, in order (the first few go in the report)."""
+
+    def summary(self, vm_count: int, days: float, static_bytes: int) -> dict[str, float | int | str]:
+        """Figures for the comparison table."""
+        tl = self.timeline
+        steps = len(tl.t)
+        total_assigned = sum(sum(v) for v in tl.assigned.values())
+        pressured = sum(d > a for name in tl.demand for d, a in zip(tl.demand[name], tl.assigned[name], strict=True))
+        over = sum(u > c for node in tl.node_used for u, c in zip(tl.node_used[node], tl.node_capacity[node],
+                                                                 strict=True))
+        return {
+            "policy": self.policy,
+            "mean_assigned_gib": round(total_assigned / max(steps, 1) / GIB, 2),
+            "memory_ratio": round(total_assigned / max(static_bytes * steps, 1), 4),
+            "pressure_fraction": round(pressured / max(steps * vm_count, 1), 5),
+            "resizes_per_vm_day": round(self.resizes / max(vm_count * days, 1e-9), 3),
+            "node_over_capacity_steps": over,
+            "kubevirt_violations": len(self.violations),
+        }
+
+
+def _kubevirt_check(live: _Live, target: int) -> str | None:
+    """The reason KubeVirt would refuse a live guest change, or None."""
+    name = live.vm.name
+    if target % KUBEVIRT_BLOCK:
+        return f"{name}: {target} is not a multiple of 2Mi"
+    if target < KUBEVIRT_MIN_GUEST:
+        return f"{name}: {target} is below 1Gi"
+    if target > live.max_guest:
+        return f"{name}: {target} is above maxGuest {live.max_guest} (RestartRequired)"
+    if target < live.guest_at_boot:
+        return f"{name}: {target} is below guestAtBoot {live.guest_at_boot} (RestartRequired)"
+    return None
+
+
+def simulate(policy: Policy, nodes: Sequence[SimNode], vms: Sequence[SimVM], *, duration_s: float,
+             step_s: float, migration_s: Callable[[int], float] = lambda guest: 10 + 2 * guest / GIB,
+             stale_s: float = 120.0, boot_at_provisioned: bool = False) -> SimResult:
+    """Run `policy` over the scenario; decisions every `step_s`, metrics scraped at the same rate."""
+    lives = []
+    for sim_vm in vms:
+        boot = sim_vm.provisioned if boot_at_provisioned else sim_vm.params.startup
+        max_guest = sim_vm.max_guest or max(sim_vm.params.maximum, boot)
+        spec = policy.signal_spec(sim_vm.params)
+        lives.append(_Live(sim_vm, boot, boot, max_guest, DemandHistory(spec, stale_s)))
+    result = SimResult(policy.name, Timeline())
+    tl = result.timeline
+    for live in lives:
+        tl.demand[live.vm.name] = []
+        tl.assigned[live.vm.name] = []
+    for node in nodes:
+        tl.node_used[node.name] = []
+        tl.node_capacity[node.name] = []
+    capacity = {n.name: n.allocatable - n.reserve - n.others for n in nodes}
+
+    steps = int(duration_s // step_s)
+    for k in range(steps + 1):
+        now = k * step_s
+        for live in lives:  # migrations that finished
+            if live.pending and now >= live.migrating_until:
+                live.assigned, live.pending = live.pending, 0
+        entries = []
+        for live in lives:
+            while live.log and live.log[0][0] <= now - 3600:
+                live.log.popleft()
+            grows = sum(1 for _, a in live.log if a is Action.GROW)
+            blocked = "live migration in progress (HotMemoryChange)" if live.pending else None
+            # while a change settles the engine sees the requested size, as the operator reads guestRequested
+            state = VMState(live.vm.name, live.vm.node, live.pending or live.assigned, live.guest_at_boot,
+                            live.max_guest, launcher_overhead(live.max_guest), live.last_resize, grows,
+                            len(live.log) - grows, blocked)
+            entries.append(Entry(state, live.history.signal(now), live.vm.params))
+        rooms: dict[str, int | None] = {
+            n: capacity[n] - sum(e.vm.overhead for e in entries if e.vm.node == n) for n in capacity}
+        decisions = policy.plan(entries, rooms, now)
+        for live, d in zip(lives, decisions, strict=True):
+            if d.changes and live.vm.params.mode.value == "Auto" and not live.pending:
+                problem = _kubevirt_check(live, d.target)
+                if problem:
+                    result.violations.append(f"t={now:.0f}s {problem}")
+                    continue
+                live.pending = d.target
+                live.migrating_until = now + migration_s(max(d.target, live.assigned))
+                live.last_resize = now
+                live.log.append((now, d.action))
+                result.resizes += 1
+                result.reasons.append(f"t={now / 3600:.2f}h {live.vm.name}: {d.action.value} "
+                                      f"{d.current // MIB}Mi → {d.target // MIB}Mi: {d.reason}")
+        tl.t.append(now)
+        used = dict.fromkeys(capacity, 0)
+        for live in lives:
+            demand = live.vm.demand(now)
+            tl.demand[live.vm.name].append(demand)
+            tl.assigned[live.vm.name].append(live.assigned)
+            # what the node holds once migrations settle (a migration's target pod may land elsewhere)
+            settled = max(live.assigned, live.pending)
+            used[live.vm.node] += settled + launcher_overhead(settled)
+            live.history.push(now, demand)
+        for n in capacity:
+            tl.node_used[n].append(used[n])
+            tl.node_capacity[n].append(capacity[n])
+    return result

@@ -1,0 +1,100 @@
+"""Demand history of one simulated guest: the simulator's stand-in for Prometheus.
+
+It answers the same questions the operator asks Prometheus (`min_over_time`, `max_over_time`,
+`quantile_over_time` over a window ending now), from samples strictly before `now`, in amortised
+O(1) for min/max and O(window) for quantiles. Missing samples are simply never pushed.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections import deque
+
+from dynamic_memory.model import DemandSignal
+from dynamic_memory.policy.engine import SignalSpec
+
+
+class _WindowExtreme:
+    """Sliding max (or min) over a time window, with a monotonic deque."""
+
+    __slots__ = ("dq", "sign", "span")
+
+    def __init__(self, span: float, *, largest: bool) -> None:
+        self.span = span
+        self.sign = 1 if largest else -1
+        self.dq: deque[tuple[float, int]] = deque()
+
+    def push(self, t: float, value: int) -> None:
+        key = self.sign * value
+        dq = self.dq
+        while dq and self.sign * dq[-1][1] <= key:
+            dq.pop()
+        dq.append((t, value))
+
+    def get(self, now: float) -> int | None:
+        dq = self.dq
+        while dq and dq[0][0] < now - self.span:
+            dq.popleft()
+        return dq[0][1] if dq else None
+
+
+class _WindowQuantile:
+    """Sliding quantile over a time window, with a sorted list (Prometheus' interpolation-free rank)."""
+
+    __slots__ = ("fifo", "q", "sorted", "span")
+
+    def __init__(self, span: float, q: float) -> None:
+        self.span = span
+        self.q = q
+        self.fifo: deque[tuple[float, int]] = deque()
+        self.sorted: list[int] = []
+
+    def push(self, t: float, value: int) -> None:
+        self.fifo.append((t, value))
+        insort(self.sorted, value)
+
+    def get(self, now: float) -> int | None:
+        while self.fifo and self.fifo[0][0] < now - self.span:
+            _, old = self.fifo.popleft()
+            del self.sorted[bisect_left(self.sorted, old)]
+        n = len(self.sorted)
+        if not n:
+            return None
+        return self.sorted[min(n - 1, int(self.q * (n - 1) + 0.5))]
+
+
+class DemandHistory:
+    """Everything a policy's SignalSpec needs about one guest, from its past samples."""
+
+    __slots__ = ("first", "last", "last_t", "low", "peak", "spec", "stale_s")
+
+    def __init__(self, spec: SignalSpec, stale_s: float) -> None:
+        self.spec = spec
+        self.stale_s = stale_s
+        self.first: float | None = None
+        self.last_t: float | None = None
+        self.last = 0
+        self.low = _WindowExtreme(spec.up_window_s, largest=False) if spec.up_window_s > 0 else None
+        self.peak: _WindowExtreme | _WindowQuantile | None = None
+        if spec.down_window_s > 0:
+            self.peak = (_WindowExtreme(spec.down_window_s, largest=True) if spec.down_quantile >= 1.0
+                         else _WindowQuantile(spec.down_window_s, spec.down_quantile))
+
+    def push(self, t: float, demand: int) -> None:
+        """Record one sample of guest demand (bytes) taken at time t."""
+        if self.first is None:
+            self.first = t
+        self.last_t, self.last = t, demand
+        if self.low is not None:
+            self.low.push(t, demand)
+        if self.peak is not None:
+            self.peak.push(t, demand)
+
+    def signal(self, now: float, pressure: bool = False) -> DemandSignal:
+        """What Prometheus would answer at `now`: unknown when the newest sample is stale."""
+        if self.last_t is None or now - self.last_t > self.stale_s:
+            return DemandSignal(None, None, False, pressure)
+        latest = self.last if self.low is None else self.low.get(now)
+        peak = self.last if self.peak is None else self.peak.get(now)
+        covers = self.first is not None and now - self.first >= self.spec.down_window_s
+        return DemandSignal(latest, peak, covers, pressure)

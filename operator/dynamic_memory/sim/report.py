@@ -1,0 +1,76 @@
+"""Run a scenario for every policy, side by side, and write the table, the JSON and the plot."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from dynamic_memory.policy.baselines import VPA, HyperV, Proxmox, Static
+from dynamic_memory.policy.engine import DynamicMemory, Policy
+from dynamic_memory.sim.cluster import SimResult, simulate
+from dynamic_memory.sim.scenarios import DAY, Scenario
+
+
+def policies(step_s: float) -> list[Policy]:
+    """Ours first, then the baselines of peers.md."""
+    return [DynamicMemory(), Static(), HyperV(), Proxmox(step_s), VPA()]
+
+
+def run_all(scenario: Scenario, chosen: Sequence[Policy], *, progress: bool = False) -> dict[str, SimResult]:
+    """Each policy over the same scenario."""
+    out = {}
+    for policy in tqdm(chosen, desc=scenario.name, unit="policy", disable=not progress):
+        out[policy.name] = simulate(policy, scenario.nodes, scenario.vms, duration_s=scenario.duration_s,
+                                    step_s=scenario.step_s, boot_at_provisioned=policy.name == "static")
+    return out
+
+
+def summarise(scenario: Scenario, results: Mapping[str, SimResult]) -> dict[str, Any]:
+    """The JSON report: per-policy figures plus our engine's first decisions in words."""
+    static_bytes = sum(vm.provisioned for vm in scenario.vms)
+    days = scenario.duration_s / DAY
+    rows = [r.summary(len(scenario.vms), days, static_bytes) for r in results.values()]
+    ours = results.get("dynamic-memory")
+    return {
+        "scenario": scenario.name,
+        "description": scenario.description,
+        "vms": len(scenario.vms),
+        "nodes": len(scenario.nodes),
+        "hours": scenario.duration_s / 3600,
+        "policies": rows,
+        "decisions": ours.reasons[:40] if ours else [],
+        "violations": {name: r.violations[:10] for name, r in results.items() if r.violations},
+    }
+
+
+COLUMNS = [("policy", "policy", "{}"), ("mean_assigned_gib", "mean GiB", "{:.2f}"),
+           ("memory_ratio", "vs static", "{:.3f}"), ("pressure_fraction", "pressure", "{:.4f}"),
+           ("resizes_per_vm_day", "resizes/VM/day", "{:.2f}"), ("node_over_capacity_steps", "over room", "{}"),
+           ("kubevirt_violations", "KubeVirt refusals", "{}")]
+
+
+def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, str]] = COLUMNS) -> str:
+    """A Markdown table, readable in a terminal and pasteable into the README."""
+    head = [title for _, title, _ in columns]
+    body = [[fmt.format(row[key]) for key, _, fmt in columns] for row in rows]
+    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=False)]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+              + " |" for r in body]
+    return "\n".join(lines)
+
+
+def write_report(out_dir: Path, scenario: Scenario, results: Mapping[str, SimResult]) -> dict[str, Any]:
+    """Write <scenario>.json and <scenario>.png into out_dir; return the report."""
+    from dynamic_memory.sim.plot import plot_scenario
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = summarise(scenario, results)
+    (out_dir / f"{scenario.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_scenario(out_dir / f"{scenario.name}.png", scenario, results)
+    return report
