@@ -25,6 +25,9 @@ class Claim:
     want: int
     """Its decided target (demand plus buffer, after hysteresis)."""
     weight: int
+    current: int = 0
+    """What it has now: a budget move smaller than `step` keeps it, where the room allows."""
+    step: int = 0
 
 
 def water_fill(caps: Mapping[str, int], weights: Mapping[str, int], budget: int) -> dict[str, int]:
@@ -64,15 +67,54 @@ def allocate(claims: Sequence[Claim], room: int, alignment: int) -> dict[str, in
             alloc[key] += extra
         free -= sum(given.values())
     floors = {c.key: c.floor for c in claims}
-    return {k: max(floors[k], align_down(v, alignment)) for k, v in alloc.items()}
+    alloc = {k: max(floors[k], align_down(v, alignment)) for k, v in alloc.items()}
+    return _sticky(claims, alloc, room)
+
+
+def _sticky(claims: Sequence[Claim], alloc: dict[str, int], room: int) -> dict[str, int]:
+    """Skip budget moves too small to be worth a migration: small grows first (that frees room),
+    then small shrinks while the room still holds them. Demand noise must not migrate VMs."""
+    small = [c for c in claims if 0 < abs(alloc[c.key] - c.current) < c.step and c.floor <= c.current]
+    for c in small:
+        if alloc[c.key] > c.current:
+            alloc[c.key] = c.current
+    used = sum(alloc.values())
+    for c in sorted(small, key=lambda c: -c.weight):
+        extra = c.current - alloc[c.key]
+        if extra > 0 and used + extra <= room:
+            alloc[c.key] = c.current
+            used += extra
+    return alloc
+
+
+def grow_from_free(claims: Sequence[Claim], alloc: dict[str, int], room: int, alignment: int) -> dict[str, int]:
+    """Grows use only memory that is free now; what shrinking VMs release is for the next pass.
+
+    A resize is a migration that takes time: until a shrink completes its memory is still held,
+    so while changes are under way the node holds max(current, target) of every VM (squeezed's
+    two phases: free memory first, then allocate).
+    """
+    if sum(max(c.current, alloc[c.key]) for c in claims) <= room:
+        return alloc
+    growers = [c for c in claims if alloc[c.key] > c.current]
+    held = sum(max(c.current, alloc[c.key]) for c in claims if c not in growers)
+    free = room - held - sum(c.current for c in growers)
+    given = water_fill({c.key: alloc[c.key] - c.current for c in growers},
+                       {c.key: c.weight for c in growers}, max(free, 0))
+    out = dict(alloc)
+    for c in growers:
+        out[c.key] = c.current + align_down(given[c.key], alignment)
+    return out
 
 
 def fit_to_room(decisions: Sequence[Decision], claims: Sequence[Claim], room: int,
                 alignment: int) -> list[Decision]:
-    """The decisions of one node's VMs, cut down where the node cannot hold them all."""
-    if sum(c.want for c in claims) <= room:
+    """The decisions of one node's VMs, cut down where the node cannot hold them all, now or after."""
+    wanted = {c.key: c.want for c in claims}
+    if sum(max(c.current, c.want) for c in claims) <= room:
         return list(decisions)
-    alloc = allocate(claims, room, alignment)
+    short = sum(wanted.values()) > room
+    alloc = grow_from_free(claims, allocate(claims, room, alignment) if short else wanted, room, alignment)
     total_weight = sum(max(c.weight, 0) for c in claims)
     weights = {c.key: c.weight for c in claims}
     out = []
@@ -82,7 +124,12 @@ def fit_to_room(decisions: Sequence[Decision], claims: Sequence[Claim], room: in
             out.append(d)
             continue
         action = Action.GROW if got > d.current else Action.SHRINK if got < d.current else Action.HOLD
-        note = Why("CapacityLimited", "capped by node room {room} (weight {weight} of {total}) → {got}",
-                   (("room", Bytes(room)), ("weight", weights[d.key]), ("total", total_weight), ("got", Bytes(got))))
+        if short:
+            note = Why("CapacityLimited", "capped by node room {room} (weight {weight} of {total}) → {got}",
+                       (("room", Bytes(room)), ("weight", weights[d.key]), ("total", total_weight),
+                        ("got", Bytes(got))))
+        else:
+            note = Why("WaitingForRoom", "waiting for memory other VMs are releasing: {got} for now",
+                       (("got", Bytes(got)),))
         out.append(replace(d, target=got, action=action, notes=(*d.notes, note), limited="room"))
     return out

@@ -54,11 +54,12 @@ def claim_of(entry: Entry, decision: Decision) -> Claim:
     """A VM's stake in its node: floor, demand and the target it was given."""
     vm, params = entry.vm, entry.params
     if decision.limited == "blocked":
-        return Claim(vm.key, vm.assigned, vm.assigned, vm.assigned, params.weight)
+        return Claim(vm.key, vm.assigned, vm.assigned, vm.assigned, params.weight, vm.assigned, 0)
     floor, ceiling = live_bounds(vm, params)
     want = decision.target
     need = want if decision.demand is None else fit(decision.demand, floor, ceiling, params.alignment)
-    return Claim(vm.key, min(floor, want), min(need, want), want, params.weight)
+    return Claim(vm.key, min(floor, want), min(need, want), want, params.weight, vm.assigned,
+                 params.scale_up.step(vm.assigned))
 
 
 def budget(entries: Sequence[Entry], decisions: Sequence[Decision],

@@ -103,11 +103,12 @@ def decide(vm: VMState, signal: DemandSignal, params: PolicyParams, now: float) 
 
     short = latest > current or signal.pressure
     up_base = max(latest, peak or 0)
-    if short:  # the buffer did not cover how fast this guest rises: give it more this time
-        up_base += up_base * SHORTFALL_BUMP_PERCENT // 100
-    grow_to = fit(with_buffer(up_base, params, vm.grows_last_hour), floor, ceiling, params.alignment)
+    sized_for = up_base + up_base * SHORTFALL_BUMP_PERCENT // 100 if short else up_base
+    grow_to = fit(with_buffer(sized_for, params, vm.grows_last_hour), floor, ceiling, params.alignment)
     if grow_to > current and (short or with_buffer(latest, params) - current >= params.scale_up.step(current)):
-        what = "guest short of memory: demand" if short else "demand"
+        what = f"guest short of memory (sized +{SHORTFALL_BUMP_PERCENT}%): demand" if short else "demand"
+        if vm.grows_last_hour:
+            what = f"{what} (buffer ×{1 << min(vm.grows_last_hour, 6)}: grew {vm.grows_last_hour}× this hour)"
         if vm.grows_last_hour >= params.scale_up.max_per_hour:
             why = _sizing("GrowRateLimited", what, up_base, params, grow_to,
                           "; waiting: {n} grows in the last hour (scaleUp.maxPerHour)", n=vm.grows_last_hour)
