@@ -132,8 +132,8 @@ class ScaleUp(_ScaleBase):
 class ScaleDown(_ScaleBase):
     """How cautiously a VM shrinks."""
 
-    stabilizationWindow: Duration = Field("6h", description=(
-        "The peak demand of this window is kept, and a VM shrinks no sooner than this after its last resize."))
+    stabilizationWindow: Duration = Field("7h", description=(
+        "The peak demand of this window is kept, and a VM shrinks no sooner than this after it last grew."))
     minStep: Quantity = Field("1Gi", description="Smallest shrink worth a migration.")
     maxPerHour: int = Field(1, ge=1, le=60, description="Most shrinks per VM in any hour.")
 

@@ -41,7 +41,7 @@ class ScaleRules:
 
     window_s: float
     """Up: demand must stay high this long. Down: the peak of this window is kept, and a VM is
-    not shrunk until this long after its last resize."""
+    not shrunk until this long after it last grew."""
     min_step: int
     """Smallest change worth a migration, in bytes."""
     min_step_percent: int
@@ -65,7 +65,7 @@ class PolicyParams:
     minimum_buffer: int = GIB
     weight: int = 5000
     scale_up: ScaleRules = field(default_factory=lambda: ScaleRules(0.0, 512 * MIB, 10, 4))
-    scale_down: ScaleRules = field(default_factory=lambda: ScaleRules(6 * 3600.0, GIB, 10, 1))
+    scale_down: ScaleRules = field(default_factory=lambda: ScaleRules(7 * 3600.0, GIB, 10, 1))
     alignment: int = KUBEVIRT_BLOCK
     mode: Mode = Mode.AUTO
 
@@ -85,8 +85,9 @@ class VMState:
     """Live ceiling: spec.domain.memory.maxGuest, fixed while the VM runs."""
     overhead: int = 0
     """virt-launcher overhead on top of the guest in the pod's request (status.memory.memoryOverhead)."""
-    last_resize: float | None = None
-    """When we last changed this VM (or when it started); shrinking waits a whole window after it."""
+    last_grow: float | None = None
+    """When we last grew this VM; shrinking waits a whole scale-down window after it. (Shrinks need
+    no cooldown of their own: the window's peak already holds them up, and maxPerHour paces them.)"""
     grows_last_hour: int = 0
     shrinks_last_hour: int = 0
     blocked: str | None = None

@@ -7,7 +7,7 @@ The steps, each small enough to test on its own:
                         and each grow within the hour doubles the buffer of the next
   live_bounds           policy bounds met with KubeVirt's (guestAtBoot .. maxGuest)
   fit                   2 MiB alignment, then the bounds
-  decide                grow promptly, shrink after the window and by a step worth a migration
+  decide                grow promptly; shrink a window after the last grow, by a step worth a migration
 """
 
 from __future__ import annotations
@@ -73,13 +73,15 @@ def _move(vm: VMState, target: int, why: Why, demand: int | None, limited: str |
                     demand=demand, wanted=target, limited=limited)
 
 
-_SIZING = "{what} {demand} + {buffer}% buffer (at least {min_buffer}) → {desired}"
+_SIZING = "{what} {demand}{bump} + {buffer}% buffer{doubled} (at least {min_buffer}) → {desired}"
 
 
-def _sizing(code: str, what: str, demand: int, params: PolicyParams, desired: int, then: str = "",
-            **more: object) -> Why:
+def _sizing(code: str, what: str, demand: int, params: PolicyParams, desired: int, then: str = "", *,
+            bump: bool = False, doublings: int = 0, **more: object) -> Why:
     values = {"what": what, "demand": Bytes(demand), "buffer": params.buffer_percent,
-              "min_buffer": Bytes(params.minimum_buffer), "desired": Bytes(desired), **more}
+              "bump": f" +{SHORTFALL_BUMP_PERCENT}% (it ran short)" if bump else "",
+              "doubled": f" ×{1 << min(doublings, 6)} (grew {doublings}× this hour)" if doublings else "",
+              "min_buffer": Bytes(params.minimum_buffer << min(doublings, 6)), "desired": Bytes(desired), **more}
     return Why(code, _SIZING + then, tuple(values.items()))
 
 
@@ -106,14 +108,13 @@ def decide(vm: VMState, signal: DemandSignal, params: PolicyParams, now: float) 
     sized_for = up_base + up_base * SHORTFALL_BUMP_PERCENT // 100 if short else up_base
     grow_to = fit(with_buffer(sized_for, params, vm.grows_last_hour), floor, ceiling, params.alignment)
     if grow_to > current and (short or with_buffer(latest, params) - current >= params.scale_up.step(current)):
-        what = f"guest short of memory (sized +{SHORTFALL_BUMP_PERCENT}%): demand" if short else "demand"
-        if vm.grows_last_hour:
-            what = f"{what} (buffer ×{1 << min(vm.grows_last_hour, 6)}: grew {vm.grows_last_hour}× this hour)"
+        what = "guest short of memory: demand" if short else "demand"
+        how = {"bump": short, "doublings": vm.grows_last_hour}
         if vm.grows_last_hour >= params.scale_up.max_per_hour:
             why = _sizing("GrowRateLimited", what, up_base, params, grow_to,
-                          "; waiting: {n} grows in the last hour (scaleUp.maxPerHour)", n=vm.grows_last_hour)
+                          "; waiting: {n} grows in the last hour (scaleUp.maxPerHour)", n=vm.grows_last_hour, **how)
             return _hold(vm, why, demand=up_base, wanted=grow_to, limited="rate")
-        return _move(vm, grow_to, _sizing("DemandRose", what, up_base, params, grow_to), up_base)
+        return _move(vm, grow_to, _sizing("DemandRose", what, up_base, params, grow_to, **how), up_base)
 
     if peak is None:
         return _hold(vm, Why("NoPeakYet", "demand {latest}; no peak over the scale-down window yet",
@@ -129,10 +130,10 @@ def decide(vm: VMState, signal: DemandSignal, params: PolicyParams, now: float) 
                       "; waiting for metrics to cover the scale-down window")
         return _hold(vm, why, demand=peak, limited="rate")
     window = params.scale_down.window_s
-    if vm.last_resize is not None and now - vm.last_resize < window:
+    if vm.last_grow is not None and now - vm.last_grow < window:
         why = _sizing("ShrinkWaiting", "peak demand", peak, params, desired,
-                      "; last resize too recent ({left:.0f} min of the scale-down window left)",
-                      left=(window - (now - vm.last_resize)) / 60)
+                      "; grew too recently ({left:.0f} min of the scale-down window left)",
+                      left=(window - (now - vm.last_grow)) / 60)
         return _hold(vm, why, demand=peak, limited="rate")
     if vm.shrinks_last_hour >= params.scale_down.max_per_hour:
         why = _sizing("ShrinkRateLimited", "peak demand", peak, params, desired,

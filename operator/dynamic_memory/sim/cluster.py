@@ -60,7 +60,7 @@ class _Live:
     guest_at_boot: int
     max_guest: int
     history: DemandHistory
-    last_resize: float | None = None
+    last_grow: float | None = None
     migrating_until: float = -1.0
     pending: int = 0
     log: deque[tuple[float, Action]] = field(default_factory=deque)
@@ -158,7 +158,7 @@ def simulate(policy: Policy, nodes: Sequence[SimNode], vms: Sequence[SimVM], *, 
             blocked = "live migration in progress (HotMemoryChange)" if live.pending else None
             # while a change settles the engine sees the requested size, as the operator reads guestRequested
             state = VMState(live.vm.name, live.vm.node, live.pending or live.assigned, live.guest_at_boot,
-                            live.max_guest, launcher_overhead(live.max_guest), live.last_resize, grows,
+                            live.max_guest, launcher_overhead(live.max_guest), live.last_grow, grows,
                             len(live.log) - grows, blocked)
             entries.append(Entry(state, live.history.signal(now), live.vm.params))
         rooms: dict[str, int | None] = {
@@ -172,7 +172,8 @@ def simulate(policy: Policy, nodes: Sequence[SimNode], vms: Sequence[SimVM], *, 
                     continue
                 live.pending = d.target
                 live.migrating_until = now + migration_s(max(d.target, live.assigned))
-                live.last_resize = now
+                if d.action is Action.GROW:
+                    live.last_grow = now
                 live.log.append((now, d.action))
                 result.resizes += 1
                 result.reasons.append(f"t={now / 3600:.2f}h {live.vm.name}: {d.action.value} "

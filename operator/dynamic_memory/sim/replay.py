@@ -114,7 +114,7 @@ def replay(traces: Sequence[VMTrace], policy: Policy, params: PolicyParams, *,
     spec = policy.signal_spec(params)
     history = [DemandHistory(spec, STALE_S) for _ in traces]
     assigned = [tr.provisioned[0] for tr in traces]
-    last_resize: list[float | None] = [None] * len(traces)
+    last_grow: list[float | None] = [None] * len(traces)
     resizes: list[deque[tuple[int, Action]]] = [deque() for _ in traces]
     keys = [tr.vm for tr in traces]
     score = _Score()
@@ -131,7 +131,7 @@ def replay(traces: Sequence[VMTrace], policy: Policy, params: PolicyParams, *,
             while log and log[0][0] <= t - 3600:
                 log.popleft()
             grows = sum(1 for _, a in log if a is Action.GROW)
-            vm = VMState(keys[j], NODE, assigned[j], min(GIB, prov), prov, 0, last_resize[j],
+            vm = VMState(keys[j], NODE, assigned[j], min(GIB, prov), prov, 0, last_grow[j],
                          grows, len(log) - grows)
             entries.append(Entry(vm, history[j].signal(t), params))
         host = sum(e.vm.max_guest for e in entries)
@@ -145,7 +145,8 @@ def replay(traces: Sequence[VMTrace], policy: Policy, params: PolicyParams, *,
             score.count(before, after, prov, usage, forced=forced)
             assigned[j] = after
             if after != before and not forced:  # the trace moving its bounds is not our decision
-                last_resize[j] = t
+                if after > before:
+                    last_grow[j] = t
                 resizes[j].append((t, Action.GROW if after > before else Action.SHRINK))
             if usage > 0:
                 history[j].push(t, usage)

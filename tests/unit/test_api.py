@@ -1,0 +1,62 @@
+"""The policy API: defaults, clear errors naming the field, and the engine's view."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dynamic_memory.api import LabelSelector, PolicySpec, validation_errors
+from dynamic_memory.model import Mode
+from dynamic_memory.quantity import GIB, MIB
+
+VALID: dict[str, Any] = {"selector": {"matchLabels": {"app": "db"}}, "startup": "2Gi", "maximum": "16Gi"}
+
+
+def test_defaults_are_hyperv_like() -> None:
+    spec = PolicySpec.model_validate(VALID)
+    p = spec.params()
+    assert (spec.minimum, spec.bufferPercent, spec.weight, spec.interval, spec.mode) == ("1Gi", 20, 5000, "30s", "Auto")
+    assert (p.minimum, p.startup, p.maximum, p.minimum_buffer) == (GIB, 2 * GIB, 16 * GIB, GIB)
+    assert (p.scale_up.window_s, p.scale_up.min_step, p.scale_up.max_per_hour) == (0, 512 * MIB, 4)
+    assert (p.scale_down.window_s, p.scale_down.min_step, p.scale_down.max_per_hour) == (7 * 3600, GIB, 1)
+    assert p.mode is Mode.AUTO
+
+
+@pytest.mark.parametrize(("change", "field", "words"), [
+    ({"minimum": "4Gi"}, "spec", "minimum 4Gi must not be larger than startup 2Gi"),
+    ({"startup": "32Gi"}, "spec", "startup 32Gi must not be larger than maximum 16Gi"),
+    ({"minimum": "512Mi", "startup": "1Gi"}, "spec", "below 1Gi"),
+    ({"maximum": "16.5G"}, "spec", "not a multiple of 2Mi"),
+    ({"bufferPercent": 3000}, "spec.bufferPercent", "less than or equal to 2000"),
+    ({"bufferPercent": 4}, "spec.bufferPercent", "greater than or equal to 5"),
+    ({"weight": 10001}, "spec.weight", "less than or equal to 10000"),
+    ({"startup": "two gigs"}, "spec.startup", "not a Kubernetes quantity"),
+    ({"interval": "30"}, "spec.interval", "not a duration"),
+    ({"interval": "1s"}, "spec", "shorter than 5s"),
+    ({"mode": "Aggressive"}, "spec.mode", "'Auto', 'Recommend' or 'Off'"),
+    ({"bufferpercent": 20}, "spec.bufferpercent", "Extra inputs are not permitted"),
+    ({"scaleDown": {"stabilizationWindow": "6 hours"}}, "spec.scaleDown.stabilizationWindow", "not a duration"),
+    ({"selector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}, "spec.selector.matchExpressions.0",
+     "needs at least one value"),
+])
+def test_invalid_specs_name_the_field(change: dict[str, Any], field: str, words: str) -> None:
+    errors = validation_errors({**VALID, **change})
+    assert any(e.startswith(field + ":") and words in e for e in errors), errors
+
+
+def test_valid_spec_has_no_errors() -> None:
+    assert validation_errors(VALID) == []
+
+
+@pytest.mark.parametrize(("selector", "labels", "selected"), [
+    ({"matchLabels": {"app": "db"}}, {"app": "db", "x": "y"}, True),
+    ({"matchLabels": {"app": "db"}}, {"app": "web"}, False),
+    ({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]}, {"tier": "b"}, True),
+    ({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["a"]}]}, {}, True),
+    ({"matchExpressions": [{"key": "tier", "operator": "Exists"}]}, {"tier": ""}, True),
+    ({"matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]}, {"tier": "x"}, False),
+    ({}, {"anything": "at all"}, True),
+])
+def test_label_selector(selector: dict[str, Any], labels: dict[str, str], selected: bool) -> None:
+    assert LabelSelector.model_validate(selector).matches(labels) is selected

@@ -1,0 +1,60 @@
+"""The simulator's demand history answers exactly what Prometheus' *_over_time would."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dynamic_memory.policy.engine import SignalSpec
+from dynamic_memory.sim.history import DemandHistory
+
+samples = st.lists(st.tuples(st.integers(1, 50), st.integers(0, 10**6)), min_size=1, max_size=80)
+
+
+def _replay(steps: list[tuple[int, int]]) -> list[tuple[float, int]]:
+    t, out = 0.0, []
+    for gap, value in steps:
+        t += gap
+        out.append((t, value))
+    return out
+
+
+@given(samples, st.integers(0, 200), st.integers(1, 300))
+def test_window_min_and_max_match_brute_force(steps: list[tuple[int, int]], up: int, down: int) -> None:
+    history = DemandHistory(SignalSpec(up, down, 1.0), stale_s=10**9)
+    seen: list[tuple[float, int]] = []
+    for t, value in _replay(steps):
+        sig = history.signal(t)  # asked before the sample at t is known
+        if seen:
+            low = [v for s, v in seen if s >= t - up] if up else [seen[-1][1]]
+            high = [v for s, v in seen if s >= t - down]
+            assert sig.latest == (min(low) if low else None)
+            assert sig.peak == (max(high) if high else None)
+        history.push(t, value)
+        seen.append((t, value))
+
+
+@given(samples, st.sampled_from([0.5, 0.9, 0.99]))
+def test_window_quantile_matches_brute_force(steps: list[tuple[int, int]], q: float) -> None:
+    history = DemandHistory(SignalSpec(0, 100, q), stale_s=10**9)
+    seen: list[tuple[float, int]] = []
+    for t, value in _replay(steps):
+        history.push(t, value)
+        seen.append((t, value))
+        window = sorted(v for s, v in seen if s >= t - 100)
+        assert history.signal(t).peak == window[min(len(window) - 1, int(q * (len(window) - 1) + 0.5))]
+
+
+def test_stale_samples_make_demand_unknown() -> None:
+    history = DemandHistory(SignalSpec(0, 3600, 1.0), stale_s=120)
+    history.push(0, 5)
+    assert history.signal(60).latest == 5
+    assert history.signal(121).latest is None
+    assert history.signal(121).peak is None
+
+
+def test_covers_window_only_after_a_whole_window_of_samples() -> None:
+    history = DemandHistory(SignalSpec(0, 600, 1.0), stale_s=10**9)
+    history.push(0, 5)
+    assert not history.signal(599).covers_window
+    assert history.signal(600).covers_window

@@ -1,0 +1,91 @@
+"""Replay rules of issue #3 on traces small enough to check by hand."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from dynamic_memory.model import PolicyParams
+from dynamic_memory.policy.baselines import Static
+from dynamic_memory.policy.engine import DynamicMemory
+from dynamic_memory.sim.replay import replay, replay_oracle
+from dynamic_memory.sim.traces import TraceError, load_traces
+
+KIB_PER_GIB = 1024 * 1024
+PARAMS = PolicyParams(0, 0, 2**62)
+
+
+def write_trace(path: Path, rows: list[tuple[int, int, float, float]], gz: bool = False) -> Path:
+    """rows: (vm, t, provisioned GiB, usage GiB)."""
+    text = "vm,timestamp_s,memory_provisioned_kib,memory_usage_kib,cpu_cores\n" + "".join(
+        f"{vm},{t},{int(p * KIB_PER_GIB)},{int(u * KIB_PER_GIB)},2\n" for vm, t, p, u in rows)
+    if gz:
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text)
+    return path
+
+
+def test_static_keeps_provisioned_memory(tmp_path: Path) -> None:
+    rows = [(1, t * 300, 8, 1 + (t % 3)) for t in range(50)]
+    r = replay(load_traces(write_trace(tmp_path / "t.csv", rows)), Static(), PARAMS)
+    assert (r.memory_ratio, r.pressure_fraction, r.resizes_per_vm_day) == (1.0, 0.0, 0.0)
+
+
+def test_missing_samples_keep_assigned_and_do_not_count(tmp_path: Path) -> None:
+    # demand 2 GiB for 12 h, then all samples missing: the VM shrinks once and never again
+    rows = [(1, t * 300, 16, 2 if t < 144 else 0) for t in range(288)]
+    r = replay(load_traces(write_trace(tmp_path / "t.csv", rows)), DynamicMemory(), PARAMS)
+    assert r.missing_samples == 144
+    assert r.pressure_fraction == 0.0
+    assert r.resizes_per_vm_day == pytest.approx(1 / (287 * 300 / 86400))  # one shrink, 16 → 3 GiB
+
+
+def test_decisions_use_only_earlier_samples(tmp_path: Path) -> None:
+    # a step from 2 to 6 GiB after the VM has shrunk: the first 6 GiB sample is pressure, then it grows
+    rows = [(1, t * 300, 16, 2 if t < 100 else 6) for t in range(120)]
+    r = replay(load_traces(write_trace(tmp_path / "t.csv", rows)), DynamicMemory(), PARAMS)
+    assert r.pressure_fraction == pytest.approx(1 / 120)
+
+
+def test_usage_above_provisioned_is_not_counted_as_pressure(tmp_path: Path) -> None:
+    rows = [(1, t * 300, 2, 3) for t in range(10)]
+    r = replay(load_traces(write_trace(tmp_path / "t.csv", rows)), Static(), PARAMS)
+    assert r.pressure_fraction == 0.0
+
+
+def test_bounds_follow_the_provisioned_size(tmp_path: Path) -> None:
+    # a 0.5 GiB VM whose provisioned size changes: assigned must follow (forced), counted apart
+    rows = [(1, t * 300, 0.5 if t % 2 else 0.75, 0.1) for t in range(20)]
+    r = replay(load_traces(write_trace(tmp_path / "t.csv", rows, gz=True)), DynamicMemory(), PARAMS)
+    assert r.resizes_per_vm_day == r.forced_resizes_per_vm_day > 0
+
+
+def test_oracle_is_the_floor_of_memory(tmp_path: Path) -> None:
+    rows = [(1, t * 300, 16, 2 + (t % 5)) for t in range(300)]
+    traces = load_traces(write_trace(tmp_path / "t.csv", rows))
+    oracle, ours = replay_oracle(traces), replay(traces, DynamicMemory(), PARAMS)
+    assert oracle.pressure_fraction == 0.0
+    assert oracle.memory_ratio < ours.memory_ratio < 1.0
+
+
+def test_unsorted_rows_are_sorted_per_vm(tmp_path: Path) -> None:
+    rows = [(2, 600, 4, 1), (1, 300, 4, 1), (2, 0, 4, 2), (1, 0, 4, 2)]
+    traces = sorted(load_traces(write_trace(tmp_path / "t.csv", rows)), key=lambda t: t.vm)
+    assert [list(t.ts) for t in traces] == [[0, 300], [0, 600]]
+    assert list(traces[1].usage) == [2 * 1024**3, 1024**3]
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("", "empty file"),
+    ("vm,timestamp_s\n1,2\n", "missing column(s) memory_provisioned_kib, memory_usage_kib"),
+    ("vm,timestamp_s,memory_provisioned_kib,memory_usage_kib\n1,x,2,3\n", ":2: bad row"),
+    ("vm,timestamp_s,memory_provisioned_kib,memory_usage_kib\n", "no samples"),
+])
+def test_bad_trace_files_say_what_is_wrong(tmp_path: Path, text: str, words: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(TraceError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        load_traces(path)
