@@ -109,12 +109,13 @@ def decide(vm: VMState, signal: DemandSignal, params: PolicyParams, now: float) 
     grow_to = fit(with_buffer(sized_for, params, vm.grows_last_hour), floor, ceiling, params.alignment)
     if grow_to > current and (short or with_buffer(latest, params) - current >= params.scale_up.step(current)):
         what = "guest short of memory: demand" if short else "demand"
-        how = {"bump": short, "doublings": vm.grows_last_hour}
-        if vm.grows_last_hour >= params.scale_up.max_per_hour:
+        n = vm.grows_last_hour
+        if n >= params.scale_up.max_per_hour:
             why = _sizing("GrowRateLimited", what, up_base, params, grow_to,
-                          "; waiting: {n} grows in the last hour (scaleUp.maxPerHour)", n=vm.grows_last_hour, **how)
+                          "; waiting: {n} grows in the last hour (scaleUp.maxPerHour)", bump=short, doublings=n, n=n)
             return _hold(vm, why, demand=up_base, wanted=grow_to, limited="rate")
-        return _move(vm, grow_to, _sizing("DemandRose", what, up_base, params, grow_to, **how), up_base)
+        why = _sizing("DemandRose", what, up_base, params, grow_to, bump=short, doublings=n)
+        return _move(vm, grow_to, why, up_base)
 
     if peak is None:
         return _hold(vm, Why("NoPeakYet", "demand {latest}; no peak over the scale-down window yet",
