@@ -123,7 +123,7 @@ class ScaleUp(_ScaleBase):
 
     stabilizationWindow: Duration = Field("0s", description=(
         "Demand must stay high this long before a VM grows (0s: grow at once)."))
-    minStep: Quantity = Field("512Mi", description=(
+    minStep: Quantity = Field("768Mi", description=(
         "Smallest growth worth a migration when the guest is within its buffer; "
         "a guest short of memory grows at once."))
     maxPerHour: int = Field(4, ge=1, le=60, description="Most grows per VM in any hour.")
@@ -132,9 +132,14 @@ class ScaleUp(_ScaleBase):
 class ScaleDown(_ScaleBase):
     """How cautiously a VM shrinks."""
 
-    stabilizationWindow: Duration = Field("7h", description=(
+    stabilizationWindow: Duration = Field("8h", description=(
         "The peak demand of this window is kept, and a VM shrinks no sooner than this after it last grew."))
     minStep: Quantity = Field("1Gi", description="Smallest shrink worth a migration.")
+    minHistory: Duration = Field("2h", description=(
+        "A VM whose metrics span less than this (new, or metrics just started) is never shrunk; "
+        "after it, the peak of what has been seen counts until the window fills."))
+
+    _check_history = field_validator("minHistory")(_duration)
     maxPerHour: int = Field(1, ge=1, le=60, description="Most shrinks per VM in any hour.")
 
 
@@ -211,6 +216,7 @@ class PolicySpec(_Strict):
                                 up.minStepPercent, up.maxPerHour),
             scale_down=ScaleRules(parse_duration(down.stabilizationWindow), parse_quantity(down.minStep),
                                   down.minStepPercent, down.maxPerHour),
+            min_history_s=parse_duration(down.minHistory),
             mode=Mode(self.mode))
 
 

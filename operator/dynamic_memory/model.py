@@ -64,8 +64,10 @@ class PolicyParams:
     buffer_percent: int = 20
     minimum_buffer: int = GIB
     weight: int = 5000
-    scale_up: ScaleRules = field(default_factory=lambda: ScaleRules(0.0, 512 * MIB, 10, 4))
-    scale_down: ScaleRules = field(default_factory=lambda: ScaleRules(7 * 3600.0, GIB, 10, 1))
+    scale_up: ScaleRules = field(default_factory=lambda: ScaleRules(0.0, 768 * MIB, 10, 4))
+    scale_down: ScaleRules = field(default_factory=lambda: ScaleRules(8 * 3600.0, GIB, 10, 1))
+    min_history_s: float = 2 * 3600.0
+    """A VM is first shrunk once its metrics span this long (or the whole scale-down window if shorter)."""
     alignment: int = KUBEVIRT_BLOCK
     mode: Mode = Mode.AUTO
 
@@ -106,8 +108,8 @@ class DemandSignal:
     (with a zero window: the newest sample)."""
     peak: int | None
     """Highest demand over the scale-down window."""
-    covers_window: bool = True
-    """The samples span the whole scale-down window; until they do, the peak may be too low."""
+    enough_history: bool = True
+    """The samples span scaleDown.minHistory (or the whole window); until then the VM is never shrunk."""
     pressure: bool = False
     """The guest is short now: major page faults or swap-in. Demand is then at least what it has."""
 

@@ -18,8 +18,8 @@ def test_defaults_are_hyperv_like() -> None:
     p = spec.params()
     assert (spec.minimum, spec.bufferPercent, spec.weight, spec.interval, spec.mode) == ("1Gi", 20, 5000, "30s", "Auto")
     assert (p.minimum, p.startup, p.maximum, p.minimum_buffer) == (GIB, 2 * GIB, 16 * GIB, GIB)
-    assert (p.scale_up.window_s, p.scale_up.min_step, p.scale_up.max_per_hour) == (0, 512 * MIB, 4)
-    assert (p.scale_down.window_s, p.scale_down.min_step, p.scale_down.max_per_hour) == (7 * 3600, GIB, 1)
+    assert (p.scale_up.window_s, p.scale_up.min_step, p.scale_up.max_per_hour) == (0, 768 * MIB, 4)
+    assert (p.scale_down.window_s, p.scale_down.min_step, p.scale_down.max_per_hour) == (8 * 3600, GIB, 1)
     assert p.mode is Mode.AUTO
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -53,8 +54,9 @@ def test_stale_samples_make_demand_unknown() -> None:
     assert history.signal(121).peak is None
 
 
-def test_covers_window_only_after_a_whole_window_of_samples() -> None:
-    history = DemandHistory(SignalSpec(0, 600, 1.0), stale_s=10**9)
+@pytest.mark.parametrize(("min_history", "needed"), [(300, 300), (600, 600), (10**6, 600)])
+def test_enough_history_after_min_history_or_the_window(min_history: float, needed: float) -> None:
+    history = DemandHistory(SignalSpec(0, 600, 1.0, min_history), stale_s=10**9)
     history.push(0, 5)
-    assert not history.signal(599).covers_window
-    assert history.signal(600).covers_window
+    assert not history.signal(needed - 1).enough_history
+    assert history.signal(needed).enough_history

@@ -30,7 +30,7 @@ class Row:
     code: str = ""
     boot: float = 2
     max_guest: float = 16
-    covers: bool = True
+    enough_history: bool = True
     pressure: bool = False
     last_grow_h_ago: float | None = None
     grows: int = 0
@@ -54,7 +54,8 @@ ROWS = [
         last_grow_h_ago=8),
     Row("never resized: shrink allowed once metrics cover the window", 8, 2, 3, Action.SHRINK, sized(3), "DemandFell"),
     Row("recent grow: shrink waits for the window", 8, 2, 3, Action.HOLD, code="ShrinkWaiting", last_grow_h_ago=1),
-    Row("metrics younger than the window: no shrink", 8, 2, 3, Action.HOLD, code="WarmingUp", covers=False),
+    Row("metrics younger than minHistory: no shrink", 8, 2, 3, Action.HOLD, code="WarmingUp",
+        enough_history=False),
     Row("shrinks per hour are limited", 8, 2, 3, Action.HOLD, code="ShrinkRateLimited", shrinks=1),
     Row("shrink smaller than the step holds", 5, 3.2, 3.2, Action.HOLD, code="Steady"),
     Row("unknown demand never shrinks", 12, None, None, Action.HOLD, code="DemandUnknown"),
@@ -78,7 +79,7 @@ def test_decide(row: Row) -> None:
                  None if row.last_grow_h_ago is None else NOW - row.last_grow_h_ago * H,
                  row.grows, row.shrinks, row.blocked)
     signal = DemandSignal(None if row.latest is None else gib(row.latest),
-                          None if row.peak is None else gib(row.peak), row.covers, row.pressure)
+                          None if row.peak is None else gib(row.peak), row.enough_history, row.pressure)
     d = decide(vm, signal, PARAMS, NOW)
     assert (d.action, d.why.code) == (row.action, row.code), d.reason
     assert d.target == (row.target if row.target is not None else vm.assigned), d.reason
@@ -86,7 +87,7 @@ def test_decide(row: Row) -> None:
 
 
 def test_reason_reads_like_the_issue_example() -> None:
-    vm = VMState("ns/vm", "node", gib(3.5), gib(2), gib(16))
+    vm = VMState("ns/vm", "node", gib(3.3), gib(2), gib(16))
     d = decide(vm, DemandSignal(gib(3.1), gib(3.1)), PARAMS, NOW)
     assert d.reason == "demand 3.1Gi + 20% buffer (at least 1Gi) → 4.1Gi"
 

@@ -34,6 +34,8 @@ class SignalSpec:
     """`peak` is taken over this window."""
     down_quantile: float = 1.0
     """`peak` is this quantile of the window (1.0: the maximum)."""
+    min_history_s: float = 0.0
+    """`enough_history` once the samples span this long (capped at the down window)."""
 
 
 class Policy(Protocol):
@@ -94,7 +96,7 @@ class DynamicMemory:
 
     def signal_spec(self, params: PolicyParams) -> SignalSpec:
         """Lowest demand of the scale-up window, highest of the scale-down window."""
-        return SignalSpec(params.scale_up.window_s, params.scale_down.window_s, 1.0)
+        return SignalSpec(params.scale_up.window_s, params.scale_down.window_s, 1.0, params.min_history_s)
 
     def plan(self, entries: Sequence[Entry], rooms: Mapping[str, int | None], now: float) -> list[Decision]:
         """See `plan`."""

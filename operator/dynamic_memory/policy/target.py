@@ -126,9 +126,9 @@ def decide(vm: VMState, signal: DemandSignal, params: PolicyParams, now: float) 
         why = _sizing("Steady", "peak demand", peak, params, desired,
                       "; within {step} of {current}: not worth a migration", step=Bytes(step), current=Bytes(current))
         return _hold(vm, why, demand=peak)
-    if not signal.covers_window:
+    if not signal.enough_history:
         why = _sizing("WarmingUp", "peak demand", peak, params, desired,
-                      "; waiting for metrics to cover the scale-down window")
+                      "; waiting for metrics to span scaleDown.minHistory")
         return _hold(vm, why, demand=peak, limited="rate")
     window = params.scale_down.window_s
     if vm.last_grow is not None and now - vm.last_grow < window:

@@ -96,5 +96,6 @@ class DemandHistory:
             return DemandSignal(None, None, False, pressure)
         latest = self.last if self.low is None else self.low.get(now)
         peak = self.last if self.peak is None else self.peak.get(now)
-        covers = self.first is not None and now - self.first >= self.spec.down_window_s
-        return DemandSignal(latest, peak, covers, pressure)
+        needed = min(self.spec.min_history_s, self.spec.down_window_s)
+        enough = self.first is not None and now - self.first >= needed
+        return DemandSignal(latest, peak, enough, pressure)

@@ -48,6 +48,8 @@ class ReplayResult:
     samples: int
     missing_samples: int
     seconds: float
+    resizes_by_reason: dict[str, int]
+    """Changes by the decision's reason code (Forced: the trace moved the bounds)."""
 
     def as_dict(self) -> dict[str, float | int | str]:
         """JSON-ready, with the three headline keys at the top level."""
@@ -60,20 +62,24 @@ def replay_params(base: PolicyParams) -> PolicyParams:
 
 
 class _Score:
-    __slots__ = ("assigned", "changes", "forced", "missing", "nonmissing", "pressured", "provisioned", "samples")
+    __slots__ = ("assigned", "by_reason", "changes", "forced", "missing", "nonmissing", "pressured", "provisioned",
+                 "samples")
 
     def __init__(self) -> None:
         self.assigned = self.provisioned = 0
         self.samples = self.missing = self.nonmissing = self.pressured = 0
         self.changes = self.forced = 0
+        self.by_reason: dict[str, int] = {}
 
-    def count(self, before: int, after: int, prov: int, usage: int, forced: bool) -> None:
+    def count(self, before: int, after: int, prov: int, usage: int, forced: bool, code: str = "") -> None:
         self.samples += 1
         self.assigned += after
         self.provisioned += prov
         if after != before:
             self.changes += 1
             self.forced += forced
+            code = "Forced" if forced else code
+            self.by_reason[code] = self.by_reason.get(code, 0) + 1
         if usage <= 0:
             self.missing += 1
         elif usage <= prov:
@@ -89,7 +95,8 @@ class _Score:
             resizes_per_vm_day=self.changes / vm_days,
             forced_resizes_per_vm_day=self.forced / vm_days,
             vms=len(traces), vm_days=round(vm_days, 3), samples=self.samples,
-            missing_samples=self.missing, seconds=round(seconds, 2))
+            missing_samples=self.missing, seconds=round(seconds, 2),
+            resizes_by_reason=dict(sorted(self.by_reason.items(), key=lambda kv: -kv[1])))
 
 
 def _rounds(traces: Sequence[VMTrace]) -> list[list[tuple[int, int]]]:
@@ -142,7 +149,7 @@ def replay(traces: Sequence[VMTrace], policy: Policy, params: PolicyParams, *,
             before = assigned[j]
             after = min(max(d.target, min(GIB, prov)), prov)
             forced = d.limited == "bounds" or after != d.target
-            score.count(before, after, prov, usage, forced=forced)
+            score.count(before, after, prov, usage, forced, d.why.code)
             assigned[j] = after
             if after != before and not forced:  # the trace moving its bounds is not our decision
                 if after > before:
