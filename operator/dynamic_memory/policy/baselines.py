@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from dynamic_memory.model import Action, Decision, PolicyParams, Why
 from dynamic_memory.policy.budget import water_fill
@@ -24,7 +25,8 @@ def _set(entry: Entry, target: int, reason: str, demand: int | None = None) -> D
 
 
 class Static:
-    """No dynamic memory: every VM keeps the memory it was given (within its bounds)."""
+    """No dynamic memory: every VM has its provisioned memory, its ceiling (maxGuest, or the
+    trace's provisioned size); a change only ever follows that size moving."""
 
     name = "static"
 
@@ -33,11 +35,12 @@ class Static:
         return SignalSpec()
 
     def plan(self, entries: Sequence[Entry], rooms: Mapping[str, int | None], now: float) -> list[Decision]:
-        """Keep what each VM has."""
+        """Every VM at its provisioned size."""
         out = []
         for e in entries:
-            floor, ceiling = live_bounds(e.vm, e.params)
-            out.append(_set(e, min(max(e.vm.assigned, floor), ceiling), "static allocation"))
+            ceiling = live_bounds(e.vm, e.params)[1]
+            d = _set(e, ceiling, "static allocation")
+            out.append(replace(d, limited="bounds") if d.changes else d)
         return out
 
 

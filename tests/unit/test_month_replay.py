@@ -1,0 +1,37 @@
+"""Issue #3's acceptance figures on the shared month of real traces (about three minutes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dynamic_memory.model import PolicyParams
+from dynamic_memory.policy.baselines import VPA, HyperV, Proxmox, Static
+from dynamic_memory.sim.replay import SLOT_S, replay
+from dynamic_memory.sim.traces import load_traces
+
+pytestmark = pytest.mark.slow
+
+
+def test_month_replay_meets_the_targets_and_no_baseline_beats_it(shared_trace: Path) -> None:
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "dynamic_memory", "replay", str(shared_trace), "--json"],
+                         capture_output=True, text=True, check=True, timeout=600)
+    wall = time.perf_counter() - started
+    ours = json.loads(out.stdout)
+    assert ours["memory_ratio"] <= 0.28, ours
+    assert ours["pressure_fraction"] <= 0.001, ours
+    assert ours["resizes_per_vm_day"] <= 2.0, ours
+    assert wall < 60, f"the month took {wall:.1f}s end to end"
+
+    traces = load_traces(shared_trace)
+    params = PolicyParams(0, 0, 2**62)
+    for policy in (Static(), HyperV(), Proxmox(SLOT_S), VPA()):
+        r = replay(traces, policy, params)
+        dominates = (r.memory_ratio <= ours["memory_ratio"] and r.pressure_fraction <= ours["pressure_fraction"])
+        assert not dominates, f"{policy.name} beats ours on both: {r}"
