@@ -156,8 +156,8 @@ def simulate(policy: Policy, nodes: Sequence[SimNode], vms: Sequence[SimVM], *, 
                 live.log.popleft()
             grows = sum(1 for _, a in live.log if a is Action.GROW)
             blocked = "live migration in progress (HotMemoryChange)" if live.pending else None
-            # while a change settles the engine sees the requested size, as the operator reads guestRequested
-            state = VMState(live.vm.name, live.vm.node, live.pending or live.assigned, live.guest_at_boot,
+            # while a change settles the node holds the larger of both sizes until the migration ends
+            state = VMState(live.vm.name, live.vm.node, max(live.pending, live.assigned), live.guest_at_boot,
                             live.max_guest, launcher_overhead(live.max_guest), live.last_grow, grows,
                             len(live.log) - grows, blocked)
             entries.append(Entry(state, live.history.signal(now), live.vm.params))

@@ -1,0 +1,1 @@
+"""Actuators: decisions turned into KubeVirt patches (built here, sent by the handlers)."""

@@ -1,0 +1,104 @@
+"""Turn decisions into patches of KubeVirt VirtualMachines. Pure: building, not sending.
+
+A live resize patches the VirtualMachine's spec.template.spec.domain.memory.guest (KubeVirt
+owns the VMI spec); KubeVirt then hot-plugs by live migration. Every patch carries the VM's
+resourceVersion, so a VM changed meanwhile answers 409 and is decided again, never overwritten.
+The decision, its reason and time go into annotations on the VM, next to what they explain.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from dynamic_memory.model import Action, Decision, PolicyParams
+from dynamic_memory.quantity import format_bytes, to_quantity
+from dynamic_memory.sources.kubevirt import (
+    ANNOTATION_PREFIX,
+    LAST_GROW,
+    RESIZES,
+    _get,
+    format_time,
+    recent_resizes,
+)
+
+TARGET = ANNOTATION_PREFIX + "target"
+REASON = ANNOTATION_PREFIX + "reason"
+DECIDED_AT = ANNOTATION_PREFIX + "decided-at"
+DEMAND = ANNOTATION_PREFIX + "demand"
+RECOMMENDATION = ANNOTATION_PREFIX + "recommendation"
+ORIGINAL_MEMORY = ANNOTATION_PREFIX + "original-memory"
+"""The VM's memory block as the user wrote it, saved before we first change it (nothing is lost)."""
+
+REASON_LIMIT = 1024
+
+
+def _history(annotations: Mapping[str, str], now: float, action: Action) -> str:
+    kept = []
+    for item in (annotations.get(RESIZES) or "").split(","):
+        stamp, _, kind = item.partition(":")
+        try:
+            if now - 3600 < float(stamp) <= now:
+                kept.append(f"{stamp}:{kind}")
+        except ValueError:
+            continue
+    kept.append(f"{int(now)}:{action.value}")
+    return ",".join(kept)
+
+
+def _decision_annotations(decision: Decision, now: float) -> dict[str, str]:
+    out = {REASON: decision.reason[:REASON_LIMIT], DECIDED_AT: format_time(now)}
+    if decision.demand is not None:
+        out[DEMAND] = format_bytes(decision.demand)
+    return out
+
+
+def _original(vm: Mapping[str, Any]) -> dict[str, str]:
+    annotations = _get(vm, "metadata", "annotations") or {}
+    if ORIGINAL_MEMORY in annotations:
+        return {}
+    memory = _get(vm, "spec", "template", "spec", "domain", "memory") or {}
+    return {ORIGINAL_MEMORY: json.dumps(memory, sort_keys=True, separators=(",", ":"))}
+
+
+def resize_patch(vm: Mapping[str, Any], decision: Decision, now: float) -> dict[str, Any]:
+    """Merge patch that sets the running VM's guest memory to the decision's target."""
+    annotations = _get(vm, "metadata", "annotations") or {}
+    notes = {**_original(vm), **_decision_annotations(decision, now), TARGET: to_quantity(decision.target),
+             RESIZES: _history(annotations, now, decision.action)}
+    if decision.action is Action.GROW:
+        notes[LAST_GROW] = format_time(now)
+    return {
+        "metadata": {"resourceVersion": _get(vm, "metadata", "resourceVersion"), "annotations": notes},
+        "spec": {"template": {"spec": {"domain": {"memory": {"guest": to_quantity(decision.target)}}}}},
+    }
+
+
+def recommend_patch(vm: Mapping[str, Any], decision: Decision, now: float) -> dict[str, Any] | None:
+    """Merge patch that only records what Auto mode would do; None when nothing changed."""
+    annotations = _get(vm, "metadata", "annotations") or {}
+    recommendation = to_quantity(decision.target)
+    notes = {**_decision_annotations(decision, now), RECOMMENDATION: recommendation}
+    if annotations.get(RECOMMENDATION) == recommendation and annotations.get(REASON) == notes[REASON]:
+        return None
+    return {"metadata": {"annotations": notes}}
+
+
+def boot_patch(vm: Mapping[str, Any], params: PolicyParams) -> dict[str, Any] | None:
+    """For a stopped VM: boot at the policy's startup size with maxGuest at its maximum, so the
+    VM can move live over the policy's whole range after its next start. None when it already does."""
+    memory = _get(vm, "spec", "template", "spec", "domain", "memory") or {}
+    want = {"guest": to_quantity(params.startup), "maxGuest": to_quantity(params.maximum)}
+    if all(memory.get(k) == v for k, v in want.items()):
+        return None
+    return {
+        "metadata": {"resourceVersion": _get(vm, "metadata", "resourceVersion"), "annotations": _original(vm)},
+        "spec": {"template": {"spec": {"domain": {"memory": want}}}},
+    }
+
+
+def resizes_left(vm: Mapping[str, Any], params: PolicyParams, now: float) -> tuple[int, int]:
+    """(grows, shrinks) still allowed this hour, from the VM's own annotations."""
+    grows, shrinks = recent_resizes(_get(vm, "metadata", "annotations") or {}, now)
+    return params.scale_up.max_per_hour - grows, params.scale_down.max_per_hour - shrinks

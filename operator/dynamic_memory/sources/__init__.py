@@ -1,0 +1,1 @@
+"""Sources: what the operator reads (Prometheus, Kubernetes watches), turned into model data."""

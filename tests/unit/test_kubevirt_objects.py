@@ -1,0 +1,129 @@
+"""Reading KubeVirt objects into the model, and the patches that act on them."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from dynamic_memory.actuators.kubevirt import (
+    ORIGINAL_MEMORY,
+    RECOMMENDATION,
+    TARGET,
+    boot_patch,
+    recommend_patch,
+    resize_patch,
+)
+from dynamic_memory.model import Action, Decision, PolicyParams, Why
+from dynamic_memory.quantity import GIB
+from dynamic_memory.sources.kubevirt import LAST_GROW, RESIZES, balloon_disabled, vm_state
+
+NOW = 1_800_000_000.0
+
+
+def vm(guest: str = "4Gi", annotations: dict[str, str] | None = None, conditions: list[dict[str, Any]] | None = None,
+       **domain: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "db", "namespace": "prod", "resourceVersion": "42", "annotations": annotations or {}},
+            "spec": {"template": {"spec": {"domain": {"memory": {"guest": guest}, **domain}}}},
+            "status": {"conditions": conditions or []}}
+
+
+def vmi(current: str = "4Gi", boot: str = "2Gi", requested: str | None = None, conditions: list[dict[str, Any]] | None
+        = None, phase: str = "Running", migration: dict[str, Any] | None = None) -> dict[str, Any]:
+    memory = {"guestAtBoot": boot, "guestCurrent": current, "memoryOverhead": "300Mi"}
+    if requested:
+        memory["guestRequested"] = requested
+    status: dict[str, Any] = {"phase": phase, "nodeName": "node-1", "memory": memory, "conditions": conditions or []}
+    if migration:
+        status["migrationState"] = migration
+    return {"metadata": {"name": "db", "namespace": "prod"},
+            "spec": {"domain": {"memory": {"guest": current, "maxGuest": "16Gi"}}}, "status": status}
+
+
+def test_running_vm_reads_kubevirt_memory_status() -> None:
+    state = vm_state(vm(annotations={LAST_GROW: "2027-01-15T08:00:00Z",
+                                     RESIZES: f"{int(NOW - 100)}:Grow,{int(NOW - 4000)}:Shrink,junk"}), vmi(), NOW)
+    assert state is not None
+    assert (state.key, state.node, state.assigned, state.guest_at_boot, state.max_guest) == \
+        ("prod/db", "node-1", 4 * GIB, 2 * GIB, 16 * GIB)
+    assert state.overhead == 300 * 1024**2
+    assert (state.grows_last_hour, state.shrinks_last_hour) == (1, 0)
+    assert state.last_grow == datetime(2027, 1, 15, 8, 0, tzinfo=UTC).timestamp()
+    assert state.blocked is None
+
+
+@pytest.mark.parametrize(("vm_kw", "vmi_kw", "words"), [
+    ({"conditions": [{"type": "RestartRequired", "status": "True", "message": "lower than boot"}]}, {},
+     "RestartRequired: lower than boot"),
+    ({}, {"conditions": [{"type": "LiveMigratable", "status": "False", "message": "has a local disk"}]},
+     "not live-migratable: has a local disk"),
+    ({}, {"conditions": [{"type": "HotMemoryChange", "status": "True"}]}, "memory hotplug in progress"),
+    ({}, {"migration": {"startTimestamp": "2027-01-15T08:00:00Z"}}, "live migration in progress"),
+    ({}, {"requested": "6Gi"}, "guestRequested"),
+    ({"guest": "6Gi"}, {}, "the VM's spec guest"),
+])
+def test_busy_vms_are_blocked_with_a_reason(vm_kw: dict[str, Any], vmi_kw: dict[str, Any], words: str) -> None:
+    state = vm_state(vm(**vm_kw), vmi(**vmi_kw), NOW)
+    assert state is not None and state.blocked is not None and words in state.blocked
+
+
+def test_a_settling_vm_counts_at_the_larger_size() -> None:
+    state = vm_state(vm(guest="6Gi"), vmi(current="4Gi", requested="6Gi"), NOW)
+    assert state is not None and state.assigned == 6 * GIB
+
+
+def test_finished_migration_does_not_block() -> None:
+    done = {"startTimestamp": "2027-01-15T08:00:00Z", "completed": True}
+    state = vm_state(vm(), vmi(migration=done), NOW)
+    assert state is not None and state.blocked is None
+
+
+@pytest.mark.parametrize("phase", ["Pending", "Scheduling", "Succeeded", "Failed"])
+def test_vms_not_running_are_not_decided(phase: str) -> None:
+    assert vm_state(vm(), vmi(phase=phase), NOW) is None
+
+
+def test_balloon_switched_off_is_seen() -> None:
+    assert balloon_disabled(vm(devices={"autoattachMemBalloon": False}))
+    assert not balloon_disabled(vm(devices={}))
+
+
+def _decision(action: Action, target: int) -> Decision:
+    return Decision("prod/db", "node-1", 4 * GIB, target, action, Why("DemandRose", "demand rose"), demand=5 * GIB)
+
+
+def test_resize_patch_sets_guest_keeps_the_original_and_is_guarded() -> None:
+    patch = resize_patch(vm(), _decision(Action.GROW, 6 * GIB), NOW)
+    assert patch["spec"] == {"template": {"spec": {"domain": {"memory": {"guest": "6Gi"}}}}}
+    notes = patch["metadata"]["annotations"]
+    assert patch["metadata"]["resourceVersion"] == "42"
+    assert notes[TARGET] == "6Gi" and notes[LAST_GROW].endswith("Z")
+    assert notes[RESIZES] == f"{int(NOW)}:Grow"
+    assert json.loads(notes[ORIGINAL_MEMORY]) == {"guest": "4Gi"}
+
+
+def test_resize_patch_never_overwrites_the_saved_original() -> None:
+    patch = resize_patch(vm(annotations={ORIGINAL_MEMORY: '{"guest":"1Gi"}'}), _decision(Action.SHRINK, 3 * GIB), NOW)
+    assert ORIGINAL_MEMORY not in patch["metadata"]["annotations"]
+    assert LAST_GROW not in patch["metadata"]["annotations"]
+
+
+def test_recommend_patch_only_annotates_and_only_when_it_changed() -> None:
+    patch = recommend_patch(vm(), _decision(Action.GROW, 6 * GIB), NOW)
+    assert patch is not None and "spec" not in patch
+    assert patch["metadata"]["annotations"][RECOMMENDATION] == "6Gi"
+    again = vm(annotations=patch["metadata"]["annotations"])
+    assert recommend_patch(again, _decision(Action.GROW, 6 * GIB), NOW + 30) is None
+
+
+def test_boot_patch_sizes_a_stopped_vm_for_the_policy() -> None:
+    params = PolicyParams(startup=2 * GIB, minimum=GIB, maximum=32 * GIB)
+    patch = boot_patch(vm(guest="8Gi"), params)
+    assert patch is not None
+    assert patch["spec"]["template"]["spec"]["domain"]["memory"] == {"guest": "2Gi", "maxGuest": "32Gi"}
+    assert json.loads(patch["metadata"]["annotations"][ORIGINAL_MEMORY]) == {"guest": "8Gi"}
+    sized = vm(guest="2Gi")
+    sized["spec"]["template"]["spec"]["domain"]["memory"]["maxGuest"] = "32Gi"
+    assert boot_patch(sized, params) is None
