@@ -1,0 +1,83 @@
+"""Start Debian's Prometheus on loopback for a test, scraping given targets every second."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (on 127.0.0.1)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Prometheus:
+    """A real Prometheus process; stop() ends it."""
+
+    def __init__(self, workdir: Path, targets: list[str], scrape_s: float = 1.0) -> None:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise RuntimeError("prometheus is not installed (bash .ci/run installs Debian's package)")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = workdir / "prometheus.yml"
+        every = f"{int(scrape_s * 1000)}ms"  # Prometheus durations take no decimals
+        config.write_text(json.dumps({
+            "global": {"scrape_interval": every, "evaluation_interval": every},
+            "scrape_configs": [{"job_name": "kubevirt", "static_configs": [{"targets": targets}]}],
+        }))
+        self.log_path = workdir / "prometheus.log"
+        self.log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        self._wait(lambda: urllib.request.urlopen(f"{self.url}/-/ready", timeout=1).status == 200, 30)
+
+    def _wait(self, ready: Any, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = self.log_path.read_text()[-2000:]
+                raise RuntimeError(f"prometheus exited with {self.process.returncode}:\n{tail}")
+            try:
+                if ready():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("prometheus did not get ready")
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """An instant query's result."""
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return list(json.load(response)["data"]["result"])
+
+    def wait_for(self, promql: str, timeout_s: float = 30) -> list[dict[str, Any]]:
+        """The first non-empty answer of a query (the first scrape lands ~6 s after start)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            result = self.query(promql)
+            if result:
+                return result
+            time.sleep(0.2)
+        raise TimeoutError(f"no data for {promql}")
+
+    def stop(self) -> None:
+        """End the process."""
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()

@@ -1,0 +1,89 @@
+"""virt-handler's guest memory metrics, as KubeVirt names and labels them, for guests whose
+demand the tests set. Served over HTTP for a real Prometheus to scrape."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+LABELS = ["name", "namespace", "node"]
+
+
+@dataclass
+class Guest:
+    """One guest's memory as its balloon driver reports it."""
+
+    node: str
+    available: int
+    """Guest RAM (MemTotal)."""
+    demand: int
+    """Non-reclaimable use: usable = available − demand."""
+    major_faults_per_s: float = 0.0
+    swap_in_per_s: float = 0.0
+    major_faults: float = 0.0
+    swapped_in: float = 0.0
+    last: float = field(default_factory=time.monotonic)
+
+    def advance(self, now: float) -> None:
+        dt, self.last = now - self.last, now
+        self.major_faults += self.major_faults_per_s * dt
+        self.swapped_in += self.swap_in_per_s * dt
+
+
+class GuestMetrics:
+    """A Prometheus collector of kubevirt_vmi_memory_* for the guests set on it."""
+
+    def __init__(self) -> None:
+        self.guests: dict[tuple[str, str], Guest] = {}
+        self.lock = threading.Lock()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)  # type: ignore[arg-type]
+
+    def set(self, namespace: str, name: str, *, node: str = "node-1", available: int, demand: int,
+            major_faults_per_s: float = 0.0, swap_in_per_s: float = 0.0) -> None:
+        """Create or change a guest."""
+        with self.lock:
+            guest = self.guests.get((namespace, name))
+            if guest is None:
+                self.guests[(namespace, name)] = Guest(node, available, demand, major_faults_per_s, swap_in_per_s)
+                return
+            guest.advance(time.monotonic())
+            guest.node, guest.available, guest.demand = node, available, demand
+            guest.major_faults_per_s, guest.swap_in_per_s = major_faults_per_s, swap_in_per_s
+
+    def remove(self, namespace: str, name: str) -> None:
+        """The guest's metrics disappear (VM stopped, or virt-handler lost it)."""
+        with self.lock:
+            self.guests.pop((namespace, name), None)
+
+    def collect(self) -> Iterator[Metric]:
+        """What virt-handler would export now."""
+        fams: dict[str, Any] = {
+            "available": GaugeMetricFamily("kubevirt_vmi_memory_available_bytes", "guest RAM", labels=LABELS),
+            "usable": GaugeMetricFamily("kubevirt_vmi_memory_usable_bytes", "MemAvailable", labels=LABELS),
+            "unused": GaugeMetricFamily("kubevirt_vmi_memory_unused_bytes", "MemFree", labels=LABELS),
+            "swap": GaugeMetricFamily("kubevirt_vmi_memory_swap_in_traffic_bytes", "swapped in", labels=LABELS),
+            "faults": CounterMetricFamily("kubevirt_vmi_memory_pgmajfault", "major faults", labels=LABELS),
+        }
+        now = time.monotonic()
+        with self.lock:
+            for (ns, name), g in self.guests.items():
+                g.advance(now)
+                labels = [name, ns, g.node]
+                usable = max(0, g.available - g.demand)
+                fams["available"].add_metric(labels, g.available)
+                fams["usable"].add_metric(labels, usable)
+                fams["unused"].add_metric(labels, usable // 2)
+                fams["swap"].add_metric(labels, g.swapped_in)
+                fams["faults"].add_metric(labels, g.major_faults)
+        yield from fams.values()
+
+    def serve(self, port: int) -> None:
+        """Serve /metrics on 127.0.0.1:port in a background thread."""
+        start_http_server(port, addr="127.0.0.1", registry=self.registry)

@@ -1,0 +1,94 @@
+"""The operator's Prometheus source against a real Prometheus scraping KubeVirt-named metrics."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from dynamic_memory.policy.engine import SignalSpec
+from dynamic_memory.quantity import GIB
+from dynamic_memory.sources.prometheus import (
+    Group,
+    MetricsView,
+    PrometheusError,
+    PrometheusSettings,
+    PrometheusSource,
+    queries,
+)
+from tests.e2e.prometheus import Prometheus, free_port
+from tests.e2e.standin.metrics import GuestMetrics
+
+SPEC = SignalSpec(up_window_s=0, down_window_s=30, down_quantile=1.0, min_history_s=5)
+
+
+def source(prom: Prometheus) -> PrometheusSource:
+    return PrometheusSource(PrometheusSettings(prom.url, resolution_s=1))
+
+
+def group(ns: str, stale_s: float = 5) -> Group:
+    return Group(SPEC, MetricsView(stale_s=stale_s), frozenset({ns}))
+
+
+def wait_until(check: object, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.25)
+    raise AssertionError("condition not met in time")
+
+
+def test_demand_peak_and_history(prometheus: Prometheus, guest_metrics: GuestMetrics) -> None:
+    guest_metrics.set("peak", "a", available=8 * GIB, demand=2 * GIB)
+    guest_metrics.set("peak", "b", available=8 * GIB, demand=3 * GIB)
+    prometheus.wait_for('kubevirt_vmi_memory_available_bytes{namespace="peak"}')
+    src, g = source(prometheus), group("peak")
+    keys = {"peak/a", "peak/b", "peak/missing"}
+    first = src.signals({g: keys}, time.time())
+    assert first["peak/a"].latest == 2 * GIB and first["peak/b"].latest == 3 * GIB
+    assert first["peak/missing"].latest is None  # never seen: unknown, not zero
+    guest_metrics.set("peak", "a", available=8 * GIB, demand=5 * GIB)
+    wait_until(lambda: src.signals({g: keys}, time.time())["peak/a"].latest == 5 * GIB)
+    guest_metrics.set("peak", "a", available=8 * GIB, demand=GIB)
+    wait_until(lambda: src.signals({g: keys}, time.time())["peak/a"].latest == GIB)
+    after = src.signals({g: keys}, time.time())["peak/a"]
+    assert after.peak == 5 * GIB  # the spike is still in the window
+    wait_until(lambda: src.signals({g: keys}, time.time())["peak/a"].enough_history)
+
+
+def test_stale_metrics_make_demand_unknown(prometheus: Prometheus, guest_metrics: GuestMetrics) -> None:
+    guest_metrics.set("stale", "gone", available=8 * GIB, demand=2 * GIB)
+    prometheus.wait_for('kubevirt_vmi_memory_available_bytes{namespace="stale"}')
+    src, g = source(prometheus), group("stale", stale_s=3)
+    assert src.signals({g: {"stale/gone"}}, time.time())["stale/gone"].latest == 2 * GIB
+    guest_metrics.remove("stale", "gone")
+    wait_until(lambda: src.signals({g: {"stale/gone"}}, time.time())["stale/gone"].latest is None)
+
+
+def test_pressure_needs_low_headroom_and_faults(prometheus: Prometheus, guest_metrics: GuestMetrics) -> None:
+    guest_metrics.set("press", "faulting", available=4 * GIB, demand=4 * GIB - 100 * 2**20, major_faults_per_s=500)
+    guest_metrics.set("press", "cache-misses", available=8 * GIB, demand=2 * GIB, major_faults_per_s=500)
+    prometheus.wait_for('kubevirt_vmi_memory_available_bytes{namespace="press"}')
+    src, g = source(prometheus), group("press")
+    keys = {"press/faulting", "press/cache-misses"}
+    wait_until(lambda: src.signals({g: keys}, time.time())["press/faulting"].pressure)
+    assert not src.signals({g: keys}, time.time())["press/cache-misses"].pressure
+
+
+@pytest.mark.parametrize("vms", [10, 300])
+def test_query_count_does_not_grow_with_vms(prometheus: Prometheus, guest_metrics: GuestMetrics, vms: int) -> None:
+    ns = f"count{vms}"
+    for i in range(vms):
+        guest_metrics.set(ns, f"vm-{i}", available=4 * GIB, demand=GIB + i)
+    prometheus.wait_for(f'count(kubevirt_vmi_memory_available_bytes{{namespace="{ns}"}}) == {vms}')
+    src, g = source(prometheus), group(ns)
+    signals = src.signals({g: {f"{ns}/vm-{i}" for i in range(vms)}}, time.time())
+    assert src.queries_sent == len(queries(g)) == 5
+    assert sum(s.latest is not None for s in signals.values()) == vms
+
+
+def test_prometheus_down_is_an_error_not_low_demand() -> None:
+    src = PrometheusSource(PrometheusSettings(f"http://127.0.0.1:{free_port()}", timeout_s=2))
+    with pytest.raises(PrometheusError):
+        src.signals({group("x"): {"x/vm"}}, time.time())
