@@ -116,6 +116,27 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the operator (flags become the DM_* settings the handlers read)."""
+    import os
+
+    env = {"DM_PROMETHEUS_URL": args.prometheus_url, "DM_PROMETHEUS_TOKEN_FILE": args.prometheus_token_file,
+           "DM_PROMETHEUS_CA_FILE": args.prometheus_ca_file,
+           "DM_PROMETHEUS_INSECURE": "true" if args.prometheus_insecure else None,
+           "DM_NODE_RESERVE": args.node_reserve, "DM_MAX_IN_FLIGHT": args.max_in_flight,
+           "DM_METRICS_PORT": args.metrics_port}
+    os.environ.update({k: str(v) for k, v in env.items() if v is not None})
+    import logging
+
+    import kopf
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import dynamic_memory.handlers  # noqa: F401  (registers the handlers)
+
+    kopf.run(standalone=True, clusterwide=True, liveness_endpoint=args.liveness)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line."""
     p = argparse.ArgumentParser(prog="dynamic-memory", description=__doc__)
@@ -147,6 +168,18 @@ def parser() -> argparse.ArgumentParser:
                    help="bufferPercent for the replay (5-2000, default 20)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.set_defaults(func=cmd_replay)
+
+    o = sub.add_parser("run", help="run the operator (needs the 'operator' extra: pip install .[operator])")
+    o.add_argument("--prometheus-url", help="Prometheus base URL (env DM_PROMETHEUS_URL)")
+    o.add_argument("--prometheus-token-file", help="bearer token file for Prometheus (re-read on every query)")
+    o.add_argument("--prometheus-ca-file", help="CA bundle to verify Prometheus' TLS certificate")
+    o.add_argument("--prometheus-insecure", action="store_true", help="skip TLS verification (tests only)")
+    o.add_argument("--node-reserve", help="memory kept free on every node, a quantity (default 1Gi)")
+    o.add_argument("--max-in-flight", type=int, help="resizes under way cluster-wide at most (default 2)")
+    o.add_argument("--metrics-port", type=int, help="port of the operator's /metrics (default 8000, 0: off)")
+    o.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="Kopf's liveness endpoint")
+    o.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    o.set_defaults(func=cmd_run)
     return p
 
 

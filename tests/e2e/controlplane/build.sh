@@ -12,7 +12,8 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.19.5}"
 
 cache="${DM_CONTROLPLANE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubevirt-dynamic-memory/controlplane}"
-bin="$cache/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION/bin"
+RECIPE=2  # bump when this script builds differently, so caches of the old recipe are not reused
+bin="$cache/r$RECIPE-k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION/bin"
 want=(kube-apiserver kubectl etcd helm)
 
 have_all() { for b in "${want[@]}"; do [ -x "$bin/$b" ] || return 1; done; }
@@ -50,8 +51,14 @@ import (
 GO
 go mod tidy >/dev/null
 echo "building kube-apiserver and kubectl $K8S_VERSION ..." >&2
-go build -o "$bin/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
-go build -o "$bin/kubectl" k8s.io/kubernetes/cmd/kubectl
+# Kubernetes reports the version stamped at link time (helm checks charts' kubeVersion against it)
+minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+kver="-X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1"
+kver="$kver -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
+kver="$kver -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1"
+kver="$kver -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+go build -ldflags "$kver" -o "$bin/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+go build -ldflags "$kver" -o "$bin/kubectl" k8s.io/kubernetes/cmd/kubectl
 
 echo "building etcd $ETCD_VERSION ..." >&2
 mkdir -p "$work/etcd" && cd "$work/etcd"
@@ -63,7 +70,8 @@ echo "building helm $HELM_VERSION ..." >&2
 mkdir -p "$work/helm" && cd "$work/helm"
 go mod init dm-helm >/dev/null 2>&1
 go get "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >/dev/null 2>&1
-go build -o "$bin/helm" helm.sh/helm/v3/cmd/helm
+go build -ldflags "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" -o "$bin/helm" \
+    helm.sh/helm/v3/cmd/helm
 
 echo "built in $(( $(date +%s) - started ))s" >&2
 have_all

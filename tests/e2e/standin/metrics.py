@@ -44,6 +44,7 @@ class GuestMetrics:
         self.lock = threading.Lock()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)  # type: ignore[arg-type]
+        self.port = 0
 
     def set(self, namespace: str, name: str, *, node: str = "node-1", available: int, demand: int,
             major_faults_per_s: float = 0.0, swap_in_per_s: float = 0.0) -> None:
@@ -87,3 +88,4 @@ class GuestMetrics:
     def serve(self, port: int) -> None:
         """Serve /metrics on 127.0.0.1:port in a background thread."""
         start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        self.port = port

@@ -1,0 +1,262 @@
+"""Kopf handlers: the only module that imports kopf. Run with `dynamic-memory run` or
+`kopf run -m dynamic_memory.handlers`.
+
+- create/update/resume of a DynamicMemoryPolicy: validate, set conditions, post an Event on bad input;
+- indexes of VirtualMachines, VMIs, Nodes and Pods: the watch caches every pass reads (no LIST per pass);
+- one timer per policy: when its interval is due, a pass (under one lock for the whole operator,
+  so passes over shared nodes never interleave): Prometheus, the engine, the patches, the status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Mapping
+from typing import Any, cast
+
+import kopf
+
+from dynamic_memory import metrics
+from dynamic_memory.actuators.kubevirt import boot_patch, recommend_patch, resize_patch
+from dynamic_memory.api import GROUP, PLURAL, VERSION, PolicySpec, validation_errors
+from dynamic_memory.config import OperatorConfig
+from dynamic_memory.model import Decision, DemandSignal, Mode
+from dynamic_memory.quantity import format_bytes, parse_duration
+from dynamic_memory.reconcile import PolicyPass, metrics_group, node_allocatable, plan_pass, pod_request
+from dynamic_memory.sources.prometheus import PrometheusError, PrometheusSettings, PrometheusSource
+from dynamic_memory.status import (
+    BALLOON_ATTACHED,
+    CAPACITY_LIMITED,
+    METRICS_AVAILABLE,
+    READY,
+    set_condition,
+    summary,
+)
+
+KUBEVIRT = ("kubevirt.io", "v1")
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Settings, clients and the metrics endpoint, once."""
+    from kubernetes import client, config
+    from prometheus_client import start_http_server
+
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.persistence.finalizer = "dynamicmemory.io/finalizer"
+    cfg = OperatorConfig.from_env()
+    memo.config = cfg
+    memo.prometheus = PrometheusSource(PrometheusSettings(cfg.prometheus_url, cfg.prometheus_token_file,
+                                                          cfg.prometheus_ca_file, cfg.prometheus_insecure))
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        memo.kube = client.CustomObjectsApi()
+    except config.ConfigException:
+        api = config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
+        memo.kube = client.CustomObjectsApi(api)
+    memo.lock = asyncio.Lock()
+    memo.last_pass = {}
+    if cfg.metrics_port:
+        start_http_server(cfg.metrics_port, registry=metrics.REGISTRY)
+    logger.info(f"dynamic-memory operator started; Prometheus at {cfg.prometheus_url}")
+
+
+# --- watch caches ---------------------------------------------------------------------------
+
+@kopf.index(*KUBEVIRT, "virtualmachines")
+def vm_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[str, tuple[str, dict[str, Any]]]:
+    """namespace → (name, VM)."""
+    return {namespace or "": (name, dict(body))}
+
+
+@kopf.index(*KUBEVIRT, "virtualmachineinstances")
+def vmi_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    """namespace/name → VMI."""
+    return {f"{namespace}/{name}": dict(body)}
+
+
+@kopf.index("", "v1", "nodes")
+def node_index(name: str, body: kopf.Body, **_: Any) -> dict[str, int] | None:
+    """node → allocatable memory."""
+    allocatable = node_allocatable(body)
+    return None if allocatable is None else {name: allocatable}
+
+
+@kopf.index("", "v1", "pods")
+def pod_index(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
+    """node → memory requests of its running pods."""
+    found = pod_request(body)
+    return None if found is None else {found[0]: found[1]}
+
+
+# --- policies -------------------------------------------------------------------------------
+
+def _conditions(body: kopf.Body) -> list[dict[str, Any]]:
+    return list((body.get("status") or {}).get("conditions") or [])
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+def validate(spec: kopf.Spec, body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, logger: kopf.Logger,
+             **_: Any) -> None:
+    """Mark a policy that slipped past the CRD's rules as not Ready, with an Event; never crash."""
+    generation = int(meta.get("generation") or 0)
+    errors = validation_errors(dict(spec))
+    now = time.time()
+    if errors:
+        message = "; ".join(errors)
+        patch.status["conditions"] = set_condition(_conditions(body), READY, False, "InvalidSpec", message,
+                                                   generation, now)
+        kopf.warn(body, reason="InvalidSpec", message=message)
+        logger.error(f"invalid policy: {message}")
+    else:
+        patch.status["conditions"] = set_condition(_conditions(body), READY, None, "Reconciling",
+                                                   "waiting for the first pass", generation, now)
+    patch.status["observedGeneration"] = generation
+
+
+def _store(index: kopf.Index[Any, Any], key: Any) -> list[Any]:
+    return list(index.get(key, []))
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=float(os.environ.get("DM_TICK_SECONDS", "5")), initial_delay=1.0)
+async def reconcile(spec: kopf.Spec, body: kopf.Body, meta: kopf.Meta, name: str, namespace: str | None,
+                    patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
+    """A pass for this policy when its interval is due."""
+    namespace = namespace or ""
+    vm_index: kopf.Index[str, tuple[str, dict[str, Any]]] = kwargs["vm_index"]
+    vmi_index: kopf.Index[str, dict[str, Any]] = kwargs["vmi_index"]
+    node_index: kopf.Index[str, int] = kwargs["node_index"]
+    pod_index: kopf.Index[str, Any] = kwargs["pod_index"]
+    if validation_errors(dict(spec)):
+        return
+    policy = PolicySpec.model_validate(dict(spec))
+    now = time.time()
+    key = f"{namespace}/{name}"
+    if now - memo.last_pass.get(key, 0.0) < parse_duration(policy.interval) - 0.5:
+        return
+    memo.last_pass[key] = now
+    generation = int(meta.get("generation") or 0)
+    conditions = _conditions(body)
+    if policy.mode == Mode.OFF.value:
+        patch.status["conditions"] = set_condition(conditions, READY, True, "Off", "mode Off: nothing is done",
+                                                   generation, now)
+        return
+    started = time.perf_counter()
+    async with memo.lock:
+        vms = {n: b for n, b in _store(vm_index, namespace)}
+        vmis = {k: v for k in {f"{namespace}/{n}" for n in vms} for v in _store(vmi_index, k)[:1]}
+        allocatable = {n: v for n in node_index for v in _store(node_index, n)[:1]}
+        pods = {n: _store(pod_index, n) for n in pod_index}
+        group = metrics_group(policy, namespace)
+        running = [k for k in vmis if ((vmis[k].get("status") or {}).get("phase") == "Running")]
+        signals: Mapping[str, DemandSignal] = {}
+        try:
+            sent = memo.prometheus.queries_sent
+            signals = await asyncio.to_thread(memo.prometheus.signals, {group: running}, now)
+            metrics.PROM_QUERIES.inc(memo.prometheus.queries_sent - sent)
+            conditions = set_condition(conditions, METRICS_AVAILABLE, True, "Queried",
+                                       f"{sum(s.latest is not None for s in signals.values())} of {len(running)} "
+                                       "running VMs have fresh guest metrics", generation, now)
+        except PrometheusError as exc:
+            metrics.ERRORS.labels("PrometheusUnreachable").inc()
+            conditions = set_condition(conditions, METRICS_AVAILABLE, False, "PrometheusUnreachable",
+                                       f"{exc}; holding every VM (unknown demand never shrinks)", generation, now)
+        result = plan_pass(policy, namespace, vms, vmis, signals, allocatable, pods, memo.config.node_reserve, now)
+        await _act(policy, key, result, vms, vmis, memo, logger, now)
+    metrics.CYCLE.labels(key).observe(time.perf_counter() - started)
+    limited = [d for d in result.decisions if d.limited == "room"]
+    conditions = set_condition(conditions, CAPACITY_LIMITED, bool(limited), "NodeRoom" if limited else "Fits",
+                               ", ".join(d.key for d in limited[:10]) or "every VM fits its node", generation, now)
+    conditions = set_condition(conditions, BALLOON_ATTACHED, not result.balloon_off,
+                               "BalloonOff" if result.balloon_off else "Attached",
+                               ("autoattachMemBalloon is false on " + ", ".join(result.balloon_off[:10])
+                                + ": no guest statistics, so these VMs are never resized")
+                               if result.balloon_off else "guest statistics available", generation, now)
+    conditions = set_condition(conditions, READY, True, "Reconciled", f"{len(result.decisions)} running of "
+                               f"{len(result.selected)} selected VMs decided", generation, now)
+    patch.status["conditions"] = conditions
+    patch.status["observedGeneration"] = generation
+    for field_name, value in summary(len(result.selected), result.decisions, now).items():
+        patch.status[field_name] = value
+
+
+def _in_flight(vmis: Mapping[str, Mapping[str, Any]]) -> int:
+    count = 0
+    for vmi in vmis.values():
+        for cond in (vmi.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "HotMemoryChange" and cond.get("status") == "True":
+                count += 1
+    return count
+
+
+async def _act(policy: PolicySpec, policy_key: str, result: PolicyPass, vms: Mapping[str, dict[str, Any]],
+               vmis: Mapping[str, Mapping[str, Any]], memo: kopf.Memo, logger: kopf.Logger, now: float) -> None:
+    """Send the pass's patches: resizes (Auto), recommendations (Recommend), boot sizes of stopped VMs."""
+    mode = Mode(policy.mode)
+    budget = memo.config.max_in_flight - _in_flight(vmis)
+    by_key = {f"{(vm.get('metadata') or {}).get('namespace')}/{n}": vm for n, vm in vms.items()}
+    for decision in result.decisions:
+        labels = (*decision.key.split("/", 1), policy_key)
+        metrics.ASSIGNED.labels(*labels).set(decision.current)
+        metrics.TARGET.labels(*labels).set(decision.target)
+        if decision.demand is not None:
+            metrics.DEMAND.labels(*labels).set(decision.demand)
+        vm = by_key[decision.key]
+        if mode is Mode.RECOMMEND:
+            body = recommend_patch(vm, decision, now)
+            if body is not None:
+                await _patch(memo, logger, vm, body, decision, "recommended")
+            continue
+        if not decision.changes:
+            continue
+        if budget <= 0:
+            metrics.DECISIONS.labels(decision.why.code, "deferred").inc()
+            logger.info(f"{decision.key}: {decision.action.value} deferred, "
+                        f"{memo.config.max_in_flight} resizes already in flight")
+            continue
+        if await _patch(memo, logger, vm, resize_patch(vm, decision, now), decision, "applied"):
+            budget -= 1
+    if mode is Mode.AUTO:
+        params = policy.params()
+        for key in result.stopped:
+            vm = by_key[key]
+            body = boot_patch(vm, params)
+            if body is not None and not ((vm.get("spec") or {}).get("running") or
+                                         (vm.get("spec") or {}).get("runStrategy") in ("Always", "RerunOnFailure")):
+                await _patch(memo, logger, vm, body, None, "boot-sized")
+
+
+async def _patch(memo: kopf.Memo, logger: kopf.Logger, vm: Mapping[str, Any], body: dict[str, Any],
+                 decision: Decision | None, outcome: str) -> bool:
+    """One VM patch; a conflict or a vanished VM is logged and decided again next pass."""
+    from kubernetes.client.exceptions import ApiException
+
+    meta = vm.get("metadata") or {}
+
+    def send() -> None:
+        memo.kube.patch_namespaced_custom_object(
+            group=KUBEVIRT[0], version=KUBEVIRT[1], namespace=str(meta.get("namespace")), plural="virtualmachines",
+            name=str(meta.get("name")), body=body, _content_type="application/merge-patch+json")
+
+    try:
+        await asyncio.to_thread(send)
+    except ApiException as exc:
+        reason = {404: "VMGone", 409: "Conflict", 403: "Forbidden"}.get(exc.status or 0, "PatchFailed")
+        metrics.ERRORS.labels(reason).inc()
+        logger.warning(f"{meta.get('namespace')}/{meta.get('name')}: patch refused ({exc.status} {reason}); "
+                       "it is decided again next pass")
+        return False
+    if decision is not None:
+        metrics.DECISIONS.labels(decision.why.code, outcome).inc()
+        verb = {"applied": "Resized", "recommended": "Recommended"}[outcome]
+        change = f"{format_bytes(decision.current)} → {format_bytes(decision.target)}"
+        # kopf.event, not kopf.info: posting.level keeps Kopf's own per-tick logs out of Events, not ours
+        kopf.event(kopf.Body(cast(kopf.RawBody, dict(vm))), type="Normal", reason=verb,
+                   message=f"{decision.action.value} {change}: {decision.reason}"[:1024])
+    return True
