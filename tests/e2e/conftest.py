@@ -1,15 +1,26 @@
-"""The end-to-end tier's control plane: etcd and kube-apiserver built from their Go modules."""
+"""The end-to-end tier: a real control plane, the KubeVirt stand-in, and the operator as its own
+process with the identity of the ServiceAccount bound to the RBAC in deploy/."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kubernetes import client, config
 
 from tests.e2e.controlplane.cluster import ControlPlane
+from tests.e2e.prometheus import Prometheus, free_port
+from tests.e2e.standin.controller import KubeVirtStandIn
+from tests.e2e.standin.metrics import GuestMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
+STANDIN_CRDS = Path(__file__).resolve().parent / "standin" / "crds.yaml"
+OPERATOR_NS = "kubevirt-dynamic-memory"
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +34,70 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         yield cp
     finally:
         cp.stop()
+
+
+@pytest.fixture(scope="session")
+def admin_api(control_plane: ControlPlane) -> client.ApiClient:
+    """A kubernetes client with the admin token."""
+    return config.new_client_from_config(config_file=str(control_plane.kubeconfig))  # type: ignore[no-untyped-call]
+
+
+@pytest.fixture(scope="session")
+def kubevirt(control_plane: ControlPlane, admin_api: client.ApiClient,
+             guest_metrics: GuestMetrics) -> Iterator[KubeVirtStandIn]:
+    """KubeVirt's CRDs, two nodes of 32Gi allocatable, and the stand-in playing KubeVirt."""
+    control_plane.kubectl("apply", "--server-side", "-f", str(STANDIN_CRDS))
+    for crd in ("virtualmachines", "virtualmachineinstances", "virtualmachineinstancemigrations"):
+        control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}.kubevirt.io")
+    core = client.CoreV1Api(admin_api)
+    for node in ("node-1", "node-2"):
+        core.create_node({"metadata": {"name": node}})
+        core.patch_node_status(node, {"status": {"allocatable": {"memory": "32Gi", "pods": "110"},
+                                                 "capacity": {"memory": "33Gi", "pods": "110"}}})
+    standin = KubeVirtStandIn(admin_api, guest_metrics)
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """deploy/'s ServiceAccount and RBAC applied; a kubeconfig with a token minted for that account."""
+    control_plane.kubectl("create", "namespace", OPERATOR_NS)
+    control_plane.kubectl("apply", "-f", str(ROOT / "deploy" / "manifests" / "rbac.yaml"))
+    token = control_plane.kubectl("create", "token", "kubevirt-dynamic-memory", "-n", OPERATOR_NS,
+                                  "--duration=4h").stdout.strip()
+    return control_plane.write_kubeconfig(tmp_path_factory.mktemp("operator") / "kubeconfig", token)
+
+
+class Operator:
+    """`dynamic-memory run` as its own process; its log is kept for the test's messages."""
+
+    def __init__(self, kubeconfig: Path, prometheus_url: str, log: Path) -> None:
+        self.log_path = log
+        self.liveness = free_port()
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "DM_TICK_SECONDS": "1", "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "dynamic_memory", "run", "--prometheus-url", prometheus_url,
+             "--metrics-port", "0", "--liveness", f"http://127.0.0.1:{self.liveness}/healthz",
+             "--max-in-flight", "4"],
+            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        time.sleep(1)
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@pytest.fixture(scope="session")
+def operator(operator_kubeconfig: Path, prometheus: Prometheus, kubevirt: KubeVirtStandIn,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    """The operator, running under exactly deploy/'s RBAC."""
+    op = Operator(operator_kubeconfig, prometheus.url, tmp_path_factory.mktemp("operator-log") / "operator.log")
+    yield op
+    op.stop()
