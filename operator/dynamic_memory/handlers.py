@@ -2,9 +2,11 @@
 `kopf run -m dynamic_memory.handlers`.
 
 - create/update/resume of a DynamicMemoryPolicy: validate, set conditions, post an Event on bad input;
-- indexes of VirtualMachines, VMIs, Nodes and Pods: the watch caches every pass reads (no LIST per pass);
-- one timer per policy: when its interval is due, a pass (under one lock for the whole operator,
-  so passes over shared nodes never interleave): Prometheus, the engine, the patches, the status.
+- indexes of policies, VirtualMachines, VMIs, Nodes and Pods: the watch caches every pass reads
+  (no LIST per pass);
+- one timer per policy: when its interval is due and no pass ran within it, a pass over *all*
+  policies (a node's budget must weigh every managed VM on it, and weights differ only between
+  policies), under one lock: Prometheus, the engine, the patches; then the policy's own status.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from dynamic_memory.api import GROUP, PLURAL, VERSION, PolicySpec, validation_er
 from dynamic_memory.config import OperatorConfig
 from dynamic_memory.model import Decision, DemandSignal, Mode
 from dynamic_memory.quantity import format_bytes, parse_duration
-from dynamic_memory.reconcile import PolicyPass, metrics_group, node_allocatable, plan_pass, pod_request
+from dynamic_memory.reconcile import (
+    PolicyPass,
+    metrics_groups,
+    node_allocatable,
+    plan_all,
+    pod_request,
+    running_vms,
+)
 from dynamic_memory.sources.prometheus import PrometheusError, PrometheusSettings, PrometheusSource
 from dynamic_memory.status import (
     BALLOON_ATTACHED,
@@ -59,7 +68,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
         api = config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
         memo.kube = client.CustomObjectsApi(api)
     memo.lock = asyncio.Lock()
-    memo.last_pass = {}
+    memo.last_pass = 0.0
+    memo.pass_time = 0.0
+    memo.passes = {}
+    memo.metrics_state = (False, "no pass yet")
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, registry=metrics.REGISTRY)
     logger.info(f"dynamic-memory operator started; Prometheus at {cfg.prometheus_url}")
@@ -124,52 +136,39 @@ def _store(index: kopf.Index[Any, Any], key: Any) -> list[Any]:
     return list(index.get(key, []))
 
 
+@kopf.index(GROUP, VERSION, PLURAL)
+def policy_index(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[str, dict[str, Any]]:
+    """namespace/name → spec: every pass plans all policies together."""
+    return {f"{namespace}/{name}": dict(spec)}
+
+
 @kopf.timer(GROUP, VERSION, PLURAL, interval=float(os.environ.get("DM_TICK_SECONDS", "5")), initial_delay=1.0)
 async def reconcile(spec: kopf.Spec, body: kopf.Body, meta: kopf.Meta, name: str, namespace: str | None,
                     patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
-    """A pass for this policy when its interval is due."""
-    namespace = namespace or ""
-    vm_index: kopf.Index[str, tuple[str, dict[str, Any]]] = kwargs["vm_index"]
-    vmi_index: kopf.Index[str, dict[str, Any]] = kwargs["vmi_index"]
-    node_index: kopf.Index[str, int] = kwargs["node_index"]
-    pod_index: kopf.Index[str, Any] = kwargs["pod_index"]
+    """Run a pass over all policies when this policy's interval is due; write this policy's status."""
     if validation_errors(dict(spec)):
         return
     policy = PolicySpec.model_validate(dict(spec))
-    now = time.time()
     key = f"{namespace}/{name}"
-    if now - memo.last_pass.get(key, 0.0) < parse_duration(policy.interval) - 0.5:
-        return
-    memo.last_pass[key] = now
     generation = int(meta.get("generation") or 0)
+    now = time.time()
     conditions = _conditions(body)
     if policy.mode == Mode.OFF.value:
         patch.status["conditions"] = set_condition(conditions, READY, True, "Off", "mode Off: nothing is done",
                                                    generation, now)
         return
-    started = time.perf_counter()
-    async with memo.lock:
-        vms = {n: b for n, b in _store(vm_index, namespace)}
-        vmis = {k: v for k in {f"{namespace}/{n}" for n in vms} for v in _store(vmi_index, k)[:1]}
-        allocatable = {n: v for n in node_index for v in _store(node_index, n)[:1]}
-        pods = {n: _store(pod_index, n) for n in pod_index}
-        group = metrics_group(policy, namespace)
-        running = [k for k in vmis if ((vmis[k].get("status") or {}).get("phase") == "Running")]
-        signals: Mapping[str, DemandSignal] = {}
-        try:
-            sent = memo.prometheus.queries_sent
-            signals = await asyncio.to_thread(memo.prometheus.signals, {group: running}, now)
-            metrics.PROM_QUERIES.inc(memo.prometheus.queries_sent - sent)
-            conditions = set_condition(conditions, METRICS_AVAILABLE, True, "Queried",
-                                       f"{sum(s.latest is not None for s in signals.values())} of {len(running)} "
-                                       "running VMs have fresh guest metrics", generation, now)
-        except PrometheusError as exc:
-            metrics.ERRORS.labels("PrometheusUnreachable").inc()
-            conditions = set_condition(conditions, METRICS_AVAILABLE, False, "PrometheusUnreachable",
-                                       f"{exc}; holding every VM (unknown demand never shrinks)", generation, now)
-        result = plan_pass(policy, namespace, vms, vmis, signals, allocatable, pods, memo.config.node_reserve, now)
-        await _act(policy, key, result, vms, vmis, memo, logger, now)
-    metrics.CYCLE.labels(key).observe(time.perf_counter() - started)
+    interval = parse_duration(policy.interval) - 0.5
+    if now - memo.last_pass >= interval:
+        async with memo.lock:
+            if time.time() - memo.last_pass >= interval:  # another policy's timer may have run it meanwhile
+                memo.passes, memo.metrics_state = await _global_pass(memo, logger, kwargs)
+                memo.last_pass = time.time()
+    result: PolicyPass | None = memo.passes.get(key)
+    if result is None:
+        return
+    ok, message = memo.metrics_state
+    conditions = set_condition(conditions, METRICS_AVAILABLE, ok, "Queried" if ok else "PrometheusUnreachable",
+                               message, generation, now)
     limited = [d for d in result.decisions if d.limited == "room"]
     conditions = set_condition(conditions, CAPACITY_LIMITED, bool(limited), "NodeRoom" if limited else "Fits",
                                ", ".join(d.key for d in limited[:10]) or "every VM fits its node", generation, now)
@@ -178,12 +177,55 @@ async def reconcile(spec: kopf.Spec, body: kopf.Body, meta: kopf.Meta, name: str
                                ("autoattachMemBalloon is false on " + ", ".join(result.balloon_off[:10])
                                 + ": no guest statistics, so these VMs are never resized")
                                if result.balloon_off else "guest statistics available", generation, now)
-    conditions = set_condition(conditions, READY, True, "Reconciled", f"{len(result.decisions)} running of "
-                               f"{len(result.selected)} selected VMs decided", generation, now)
+    overlap = "; ".join(f"{vm} is governed by {other}" for vm, other in list(result.claimed_elsewhere.items())[:10])
+    conditions = set_condition(conditions, READY, True, "Reconciled",
+                               f"{len(result.decisions)} running of {len(result.selected)} selected VMs decided"
+                               + (f"; {overlap}" if overlap else ""), generation, now)
     patch.status["conditions"] = conditions
     patch.status["observedGeneration"] = generation
-    for field_name, value in summary(len(result.selected), result.decisions, now).items():
+    for field_name, value in summary(len(result.selected), result.decisions, memo.pass_time).items():
         patch.status[field_name] = value
+
+
+async def _global_pass(memo: kopf.Memo, logger: kopf.Logger,
+                       indexes: Mapping[str, Any]) -> tuple[dict[str, PolicyPass], tuple[bool, str]]:
+    """Prometheus, the engine over every policy's VMs, and the patches."""
+    now = memo.pass_time = time.time()
+    started = time.perf_counter()
+    policy_idx: kopf.Index[str, dict[str, Any]] = indexes["policy_index"]
+    vm_idx: kopf.Index[str, tuple[str, dict[str, Any]]] = indexes["vm_index"]
+    vmi_idx: kopf.Index[str, dict[str, Any]] = indexes["vmi_index"]
+    node_idx: kopf.Index[str, int] = indexes["node_index"]
+    pod_idx: kopf.Index[str, Any] = indexes["pod_index"]
+    policies = {}
+    for key in policy_idx:
+        for raw in _store(policy_idx, key)[:1]:
+            if not validation_errors(raw):
+                spec = PolicySpec.model_validate(raw)
+                if spec.mode != Mode.OFF.value:
+                    policies[key] = spec
+    vms = {ns: dict(_store(vm_idx, ns)) for ns in vm_idx}
+    vmis = {k: v for k in vmi_idx for v in _store(vmi_idx, k)[:1]}
+    allocatable = {n: v for n in node_idx for v in _store(node_idx, n)[:1]}
+    pods = {n: _store(pod_idx, n) for n in pod_idx}
+    running = running_vms(policies, vms, vmis)
+    signals: Mapping[str, DemandSignal] = {}
+    try:
+        sent = memo.prometheus.queries_sent
+        signals = await asyncio.to_thread(memo.prometheus.signals, metrics_groups(policies, running), now)
+        metrics.PROM_QUERIES.inc(memo.prometheus.queries_sent - sent)
+        fresh = sum(s.latest is not None for s in signals.values())
+        state = (True, f"{fresh} of {len(signals)} running VMs have fresh guest metrics")
+    except PrometheusError as exc:
+        metrics.ERRORS.labels("PrometheusUnreachable").inc()
+        state = (False, f"{exc}; holding every VM (unknown demand never shrinks)")
+    passes = plan_all(policies, vms, vmis, signals, allocatable, pods, memo.config.node_reserve, now)
+    budget = [memo.config.max_in_flight - _in_flight(vmis)]
+    by_key = {f"{ns}/{n}": vm for ns, named in vms.items() for n, vm in named.items()}
+    for key, result in passes.items():
+        await _act(policies[key], key, result, by_key, memo, logger, now, budget)
+    metrics.CYCLE.observe(time.perf_counter() - started)
+    return passes, state
 
 
 def _in_flight(vmis: Mapping[str, Mapping[str, Any]]) -> int:
@@ -195,12 +237,11 @@ def _in_flight(vmis: Mapping[str, Mapping[str, Any]]) -> int:
     return count
 
 
-async def _act(policy: PolicySpec, policy_key: str, result: PolicyPass, vms: Mapping[str, dict[str, Any]],
-               vmis: Mapping[str, Mapping[str, Any]], memo: kopf.Memo, logger: kopf.Logger, now: float) -> None:
-    """Send the pass's patches: resizes (Auto), recommendations (Recommend), boot sizes of stopped VMs."""
+async def _act(policy: PolicySpec, policy_key: str, result: PolicyPass, by_key: Mapping[str, dict[str, Any]],
+               memo: kopf.Memo, logger: kopf.Logger, now: float, budget: list[int]) -> None:
+    """Send a policy's patches: resizes (Auto), recommendations (Recommend), boot sizes of stopped VMs.
+    `budget` holds the resizes still allowed in flight cluster-wide; it is shared by the whole pass."""
     mode = Mode(policy.mode)
-    budget = memo.config.max_in_flight - _in_flight(vmis)
-    by_key = {f"{(vm.get('metadata') or {}).get('namespace')}/{n}": vm for n, vm in vms.items()}
     for decision in result.decisions:
         labels = (*decision.key.split("/", 1), policy_key)
         metrics.ASSIGNED.labels(*labels).set(decision.current)
@@ -215,20 +256,21 @@ async def _act(policy: PolicySpec, policy_key: str, result: PolicyPass, vms: Map
             continue
         if not decision.changes:
             continue
-        if budget <= 0:
+        if budget[0] <= 0:
             metrics.DECISIONS.labels(decision.why.code, "deferred").inc()
             logger.info(f"{decision.key}: {decision.action.value} deferred, "
                         f"{memo.config.max_in_flight} resizes already in flight")
             continue
         if await _patch(memo, logger, vm, resize_patch(vm, decision, now), decision, "applied"):
-            budget -= 1
+            budget[0] -= 1
     if mode is Mode.AUTO:
         params = policy.params()
         for key in result.stopped:
             vm = by_key[key]
+            vm_spec = vm.get("spec") or {}
             body = boot_patch(vm, params)
-            if body is not None and not ((vm.get("spec") or {}).get("running") or
-                                         (vm.get("spec") or {}).get("runStrategy") in ("Always", "RerunOnFailure")):
+            if body is not None and not (vm_spec.get("running") or
+                                         vm_spec.get("runStrategy") in ("Always", "RerunOnFailure")):
                 await _patch(memo, logger, vm, body, None, "boot-sized")
 
 

@@ -1,9 +1,10 @@
-"""One policy's pass, from the watch caches to decisions. No kopf, no I/O: the handlers feed it
-what the indexes hold and what Prometheus answered, and send what it returns.
+"""One pass over every policy, from the watch caches to decisions. No kopf, no I/O: the handlers
+feed it what the indexes hold and what Prometheus answered, and send what it returns.
 
-Room on a node = allocatable − reserve − memory requests of every pod there that is not a
-virt-launcher of this policy's VMs − the launcher overhead of this policy's VMs there. VMs of
-other policies are pods like any other: passes run one at a time, so nobody double-books a node.
+All policies are planned together: a node's budget must weigh every managed VM on it (weights
+are per policy, so they only matter between policies). Room on a node = allocatable − reserve −
+memory requests of every pod there that is not a managed VM's virt-launcher − the launcher
+overhead of the managed VMs there.
 """
 
 from __future__ import annotations
@@ -64,22 +65,31 @@ def node_allocatable(node: Obj) -> int | None:
 
 @dataclass
 class PolicyPass:
-    """What one pass decided for one policy, and what it could not decide on."""
+    """What one pass decided for one policy's VMs, and what it could not decide on."""
 
     selected: list[str] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
     balloon_off: list[str] = field(default_factory=list)
+    claimed_elsewhere: dict[str, str] = field(default_factory=dict)
+    """VM → the policy that governs it instead (selectors overlap: the first policy by name wins)."""
 
 
-def metrics_group(spec: PolicySpec, namespace: str) -> Group:
-    """The Prometheus queries that serve this policy's VMs."""
+def metrics_groups(policies: Mapping[str, PolicySpec], running: Mapping[str, Sequence[str]]) -> dict[Group, list[str]]:
+    """Prometheus query groups for all policies: one per distinct windows and metric settings, whatever the
+    number of policies or VMs. `running` maps policy key → its running VMs' keys."""
     from dynamic_memory.quantity import parse_duration
 
-    m = spec.metrics
-    view = MetricsView(m.nameLabel, m.namespaceLabel, m.matchers, parse_duration(m.staleAfter))
-    return Group(DynamicMemory().signal_spec(spec.params()), view, frozenset({namespace}))
+    groups: dict[tuple[object, ...], tuple[set[str], list[str]]] = {}
+    for key, spec in policies.items():
+        m = spec.metrics
+        view = MetricsView(m.nameLabel, m.namespaceLabel, m.matchers, parse_duration(m.staleAfter))
+        signal = DynamicMemory().signal_spec(spec.params())
+        namespaces, vms = groups.setdefault((signal, view), (set(), []))
+        namespaces.add(key.split("/", 1)[0])
+        vms.extend(running.get(key, ()))
+    return {Group(sig, view, frozenset(ns)): vms for (sig, view), (ns, vms) in groups.items()}  # type: ignore[arg-type]
 
 
 def selected(spec: PolicySpec, vms: Mapping[str, Obj]) -> list[str]:
@@ -90,7 +100,7 @@ def selected(spec: PolicySpec, vms: Mapping[str, Obj]) -> list[str]:
 
 def rooms(nodes: Sequence[str], ours: Mapping[str, Entry], allocatable: Mapping[str, int],
           pods: Mapping[str, Sequence[PodRequest]], reserve: int) -> dict[str, int | None]:
-    """Guest bytes this policy's VMs may hold on each node; None for a node we know nothing of."""
+    """Guest bytes the managed VMs may hold on each node; None for a node we know nothing of."""
     mine = {tuple(k.split("/", 1)) for k in ours}
     overhead: dict[str, int] = defaultdict(int)
     for entry in ours.values():
@@ -105,26 +115,51 @@ def rooms(nodes: Sequence[str], ours: Mapping[str, Entry], allocatable: Mapping[
     return out
 
 
-def plan_pass(spec: PolicySpec, namespace: str, vms: Mapping[str, Obj], vmis: Mapping[str, Obj],
-              signals: Mapping[str, DemandSignal], allocatable: Mapping[str, int],
-              pods: Mapping[str, Sequence[PodRequest]], reserve: int, now: float) -> PolicyPass:
-    """Decisions for one policy's running VMs."""
-    params = spec.params()
-    result = PolicyPass()
+def running_vms(policies: Mapping[str, PolicySpec], vms: Mapping[str, Mapping[str, Obj]],
+                vmis: Mapping[str, Obj]) -> dict[str, list[str]]:
+    """Policy key → keys of its selected VMs that have a running VMI (what Prometheus is asked about)."""
+    out: dict[str, list[str]] = {}
+    for key, spec in policies.items():
+        ns = key.split("/", 1)[0]
+        names = selected(spec, vms.get(ns, {}))
+        out[key] = [f"{ns}/{n}" for n in names if ((vmis.get(f"{ns}/{n}") or {}).get("status") or {})
+                    .get("phase") == "Running"]
+    return out
+
+
+def plan_all(policies: Mapping[str, PolicySpec], vms: Mapping[str, Mapping[str, Obj]], vmis: Mapping[str, Obj],
+             signals: Mapping[str, DemandSignal], allocatable: Mapping[str, int],
+             pods: Mapping[str, Sequence[PodRequest]], reserve: int, now: float) -> dict[str, PolicyPass]:
+    """One pass over every policy's VMs together, so that a node's budget weighs all the VMs on it.
+
+    `policies` maps namespace/name → spec; `vms` maps namespace → VM name → VM."""
+    passes = {key: PolicyPass() for key in policies}
+    owner: dict[str, str] = {}
     ours: dict[str, Entry] = {}
-    for name in selected(spec, vms):
-        vm = vms[name]
-        key = key_of(vm)
-        result.selected.append(key)
-        if balloon_disabled(vm):
-            result.balloon_off.append(key)
-        vmi = vmis.get(key)
-        state = vm_state(vm, vmi, now) if vmi is not None else None
-        if state is None:
-            result.stopped.append(key)
-            continue
-        ours[key] = Entry(state, signals.get(key, DemandSignal(None, None, False)), params)
-    result.entries = list(ours.values())
-    node_rooms = rooms(sorted({e.vm.node for e in result.entries}), ours, allocatable, pods, reserve)
-    result.decisions = DynamicMemory().plan(result.entries, node_rooms, now)
-    return result
+    for key in sorted(policies):
+        spec, ns = policies[key], key.split("/", 1)[0]
+        params = spec.params()
+        result = passes[key]
+        for name in selected(spec, vms.get(ns, {})):
+            vm = vms[ns][name]
+            vm_key = key_of(vm)
+            if vm_key in owner:
+                result.claimed_elsewhere[vm_key] = owner[vm_key]
+                continue
+            owner[vm_key] = key
+            result.selected.append(vm_key)
+            if balloon_disabled(vm):
+                result.balloon_off.append(vm_key)
+            vmi = vmis.get(vm_key)
+            state = vm_state(vm, vmi, now) if vmi is not None else None
+            if state is None:
+                result.stopped.append(vm_key)
+                continue
+            ours[vm_key] = Entry(state, signals.get(vm_key, DemandSignal(None, None, False)), params)
+    entries = list(ours.values())
+    node_rooms = rooms(sorted({e.vm.node for e in entries}), ours, allocatable, pods, reserve)
+    for entry, decision in zip(entries, DynamicMemory().plan(entries, node_rooms, now), strict=True):
+        result = passes[owner[entry.vm.key]]
+        result.entries.append(entry)
+        result.decisions.append(decision)
+    return passes
