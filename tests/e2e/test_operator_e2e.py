@@ -31,19 +31,26 @@ def wait(check: Callable[[], Any], timeout_s: float = 60, what: str = "") -> Any
 
 def setup_namespace(cp: ControlPlane, ns: str, interval: str = "5s", **spec: Any) -> None:
     cp.kubectl("create", "namespace", ns)
+    apply_policy(cp, ns, "dmp", interval=interval, **spec)
+
+
+def apply_policy(cp: ControlPlane, ns: str, name: str, app: str = "db", **spec: Any) -> None:
     policy = {"apiVersion": "dynamicmemory.io/v1alpha1", "kind": "DynamicMemoryPolicy",
-              "metadata": {"name": "dmp", "namespace": ns},
-              "spec": {"selector": {"matchLabels": {"app": "db"}}, "startup": "2Gi", "maximum": "16Gi",
-                       "interval": interval, **spec}}
+              "metadata": {"name": name, "namespace": ns},
+              "spec": {"selector": {"matchLabels": {"app": app}}, "startup": "2Gi", "maximum": "16Gi",
+                       "interval": "5s", **spec}}
     cp.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(policy))
 
 
-def create_vm(api: client.ApiClient, ns: str, name: str, guest: str = "2Gi") -> None:
+def create_vm(api: client.ApiClient, ns: str, name: str, guest: str = "2Gi", app: str = "db",
+              node: str | None = None) -> None:
+    template: dict[str, Any] = {"domain": {"memory": {"guest": guest, "maxGuest": "16Gi"}, "devices": {}}}
+    if node:
+        template["nodeSelector"] = {"kubernetes.io/hostname": node}
     client.CustomObjectsApi(api).create_namespaced_custom_object(*KV, ns, "virtualmachines", {
         "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-        "metadata": {"name": name, "namespace": ns, "labels": {"app": "db"}},
-        "spec": {"running": True, "template": {"spec": {"domain": {
-            "memory": {"guest": guest, "maxGuest": "16Gi"}, "devices": {}}}}}})
+        "metadata": {"name": name, "namespace": ns, "labels": {"app": app}},
+        "spec": {"running": True, "template": {"spec": template}}})
 
 
 def vm(api: client.ApiClient, ns: str, name: str) -> dict[str, Any]:
@@ -62,9 +69,9 @@ def guest(obj: dict[str, Any]) -> int:
     return parse_quantity(obj["spec"]["template"]["spec"]["domain"]["memory"]["guest"])
 
 
-def policy_status(api: client.ApiClient, ns: str) -> dict[str, Any]:
+def policy_status(api: client.ApiClient, ns: str, name: str = "dmp") -> dict[str, Any]:
     obj = client.CustomObjectsApi(api).get_namespaced_custom_object("dynamicmemory.io", "v1alpha1", ns,
-                                                                    "dynamicmemorypolicies", "dmp")
+                                                                    "dynamicmemorypolicies", name)
     return dict(obj.get("status") or {})
 
 
@@ -114,3 +121,81 @@ def test_the_operator_cannot_do_what_its_role_does_not_allow(control_plane: Cont
     allowed = control_plane.kubectl("auth", "can-i", "patch", "virtualmachines.kubevirt.io", "-A",
                                     kubeconfig=operator_kubeconfig, check=False)
     assert allowed.stdout.strip() == "yes"
+
+
+def resizes(obj: dict[str, Any]) -> list[str]:
+    """Our own record of resizes in the last hour, from the VM's annotation."""
+    return [i for i in (obj["metadata"].get("annotations") or {}).get("dynamicmemory.io/recent-resizes", "")
+            .split(",") if i]
+
+
+def test_falling_demand_shrinks_only_after_the_window_and_never_below_boot(
+        control_plane: ControlPlane, admin_api: client.ApiClient, kubevirt: KubeVirtStandIn,
+        operator: Operator) -> None:
+    ns = "fall"
+    setup_namespace(control_plane, ns, scaleDown={"stabilizationWindow": "30s", "minHistory": "5s"})
+    kubevirt.set_demand(f"{ns}/db", 5 * GIB)  # pages at 2Gi: grows, and grows again while it pages
+    create_vm(admin_api, ns, "db")
+    wait(lambda: guest(vm(admin_api, ns, "db")) >= 5 * GIB, timeout_s=90, what="growth past the demand")
+    wait(lambda: not kubevirt.migrations, what="migrations to finish")
+    kubevirt.set_demand(f"{ns}/db", GIB // 2)
+    grown = guest(vm(admin_api, ns, "db"))
+    wait(lambda: guest(vm(admin_api, ns, "db")) < grown, timeout_s=120, what="a shrink")
+    annotations = vm(admin_api, ns, "db")["metadata"]["annotations"]
+    grows = [float(i.split(":")[0]) for i in resizes(vm(admin_api, ns, "db")) if i.endswith("Grow")]
+    shrink_at = [float(i.split(":")[0]) for i in resizes(vm(admin_api, ns, "db")) if i.endswith("Shrink")]
+    assert len(shrink_at) == 1 and shrink_at[0] - max(grows) >= 30, (grows, shrink_at)
+    assert guest(vm(admin_api, ns, "db")) == 2 * GIB  # demand + 1Gi buffer is 1.5Gi: the boot size wins
+    assert "peak demand" in annotations["dynamicmemory.io/reason"]
+    time.sleep(12)  # two more intervals: maxPerHour 1 (and nothing left to shrink) means no second shrink
+    assert len([i for i in resizes(vm(admin_api, ns, "db")) if i.endswith("Shrink")]) == 1
+
+
+def test_a_node_too_small_serves_the_heavier_policy_first(
+        control_plane: ControlPlane, admin_api: client.ApiClient, kubevirt: KubeVirtStandIn,
+        operator: Operator) -> None:
+    ns = "weights"
+    core = client.CoreV1Api(admin_api)
+    core.create_node({"metadata": {"name": "tiny", "labels": {"kubernetes.io/hostname": "tiny"}}})
+    core.patch_node_status("tiny", {"status": {"allocatable": {"memory": "12Gi", "pods": "110"},
+                                               "capacity": {"memory": "12Gi", "pods": "110"}}})
+    control_plane.kubectl("create", "namespace", ns)
+    apply_policy(control_plane, ns, "gold", app="gold", weight=9000)
+    apply_policy(control_plane, ns, "bronze", app="bronze", weight=1000)
+    for name in ("gold", "bronze"):
+        kubevirt.set_demand(f"{ns}/{name}", 8 * GIB)  # together far more than the node holds
+        create_vm(admin_api, ns, name, app=name, node="tiny")
+    room = 12 * GIB - GIB  # allocatable - the operator's node reserve
+    worst = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        pods = core.list_pod_for_all_namespaces(field_selector="spec.nodeName=tiny").items
+        held = sum(parse_quantity(c.resources.requests["memory"]) for p in pods for c in p.spec.containers)
+        worst = max(worst, held)
+        status = policy_status(admin_api, ns, "bronze")
+        if (condition(status, "CapacityLimited") or {}).get("status") == "True" and not kubevirt.migrations:
+            break
+        time.sleep(0.2)
+    assert worst <= room, f"{worst / GIB:.2f}Gi requested on a node with {room / GIB:.2f}Gi of room"
+    gold_guest, bronze_guest = guest(vm(admin_api, ns, "gold")), guest(vm(admin_api, ns, "bronze"))
+    assert gold_guest > bronze_guest, (gold_guest / GIB, bronze_guest / GIB)
+    assert "capped by node room" in policy_status(admin_api, ns, "bronze")["pressured"][0]["reason"] or \
+        gold_guest > 2 * GIB
+
+
+def test_recommend_mode_changes_nothing_and_says_what_it_would_do(
+        control_plane: ControlPlane, admin_api: client.ApiClient, kubevirt: KubeVirtStandIn,
+        operator: Operator) -> None:
+    ns = "recommend"
+    setup_namespace(control_plane, ns, mode="Recommend")
+    kubevirt.set_demand(f"{ns}/db", 4 * GIB)
+    create_vm(admin_api, ns, "db")
+    wait(lambda: "dynamicmemory.io/recommendation" in (vm(admin_api, ns, "db")["metadata"].get("annotations") or {}),
+         what="a recommendation")
+    time.sleep(6)
+    current = vm(admin_api, ns, "db")
+    assert guest(current) == 2 * GIB
+    assert parse_quantity(current["metadata"]["annotations"]["dynamicmemory.io/recommendation"]) > 2 * GIB
+    events = client.CoreV1Api(admin_api).list_namespaced_event(ns, field_selector="involvedObject.name=db").items
+    assert any(e.reason == "Recommended" for e in events)
+    assert all(e.reason != "Resized" for e in events)

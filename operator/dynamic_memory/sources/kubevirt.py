@@ -112,6 +112,16 @@ def format_time(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+PAGE_TABLE_DIVISOR = 512
+"""KubeVirt adds guest/512 to a virt-launcher's overhead for page tables (hypervisorbackend.go)."""
+
+
+def launcher_overhead_at(overhead: int, current: int, max_guest: int) -> int:
+    """The launcher overhead at the largest size the VM can reach live: its pod grows with the guest,
+    so node room is counted at that size and a grow never overfills the node."""
+    return overhead + max(0, max_guest - current) // PAGE_TABLE_DIVISOR
+
+
 def vm_state(vm: Obj, vmi: Obj, now: float) -> VMState | None:
     """The engine's view of a running VM, or None when it is not running or reports no memory yet."""
     if _get(vmi, "status", "phase") != "Running":
@@ -134,7 +144,8 @@ def vm_state(vm: Obj, vmi: Obj, now: float) -> VMState | None:
         assigned=assigned,
         guest_at_boot=boot,
         max_guest=max_guest if max_guest is not None else boot,
-        overhead=_quantity(memory.get("memoryOverhead")) or 0,
+        overhead=launcher_overhead_at(_quantity(memory.get("memoryOverhead")) or 0, current,
+                                      max_guest if max_guest is not None else boot),
         last_grow=parse_time(annotations.get(LAST_GROW)),
         grows_last_hour=grows,
         shrinks_last_hour=shrinks,

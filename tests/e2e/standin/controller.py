@@ -110,6 +110,12 @@ class KubeVirtStandIn:
                     free[pod.spec.node_name] -= parse_quantity((c.resources.requests or {}).get("memory", "0"))
         return free
 
+    def _placeable(self, vm: dict[str, Any]) -> dict[str, int]:
+        """Free memory of the nodes the VM may run on (its template's nodeSelector on the hostname)."""
+        free = self._node_free()
+        wanted = (vm["spec"]["template"]["spec"].get("nodeSelector") or {}).get("kubernetes.io/hostname")
+        return {n: f for n, f in free.items() if wanted in (None, n)}
+
     def _launcher(self, ns: str, name: str, node: str, guest: int, attempt: int) -> str:
         pod_name = f"virt-launcher-{name}-{attempt}"
         try:
@@ -128,7 +134,7 @@ class KubeVirtStandIn:
         memory = _memory(vm)
         guest = parse_quantity(memory.get("guest", "1Gi"))
         max_guest = parse_quantity(memory["maxGuest"]) if "maxGuest" in memory else 4 * guest
-        free = self._node_free()
+        free = self._placeable(vm)
         node = max(free, key=lambda n: free[n], default=None)
         if node is None or free[node] < guest + launcher_overhead(guest):
             return  # Pending: no node has room
@@ -187,7 +193,7 @@ class KubeVirtStandIn:
             mig.due, mig.attempt = time.monotonic() + 2 * self.migration_s, mig.attempt + 1  # workload-updater retries
             self.log.append(f"{key}: migration failed (attempt {mig.attempt - 1}); retrying")
             return
-        free = self._node_free()
+        free = self._placeable(vm)
         old_node = vmi["status"]["nodeName"]
         old_request = parse_quantity(vmi["status"]["memory"]["guestCurrent"])
         free[old_node] += old_request + launcher_overhead(old_request)
