@@ -21,7 +21,7 @@ from typing import Any, cast
 import kopf
 
 from dynamic_memory import metrics
-from dynamic_memory.actuators.kubevirt import boot_patch, recommend_patch, resize_patch
+from dynamic_memory.actuators.kubevirt import boot_patch, held_patch, recommend_patch, resize_patch
 from dynamic_memory.api import GROUP, PLURAL, VERSION, PolicySpec, validation_errors
 from dynamic_memory.config import OperatorConfig
 from dynamic_memory.model import Decision, DemandSignal, Mode
@@ -253,6 +253,11 @@ async def _act(policy: PolicySpec, policy_key: str, result: PolicyPass, by_key: 
             body = recommend_patch(vm, decision, now)
             if body is not None:
                 await _patch(memo, logger, vm, body, decision, "recommended")
+            continue
+        if decision.limited == "blocked":
+            body = held_patch(vm, decision, now)
+            if body is not None:
+                await _patch(memo, logger, vm, body, None, "held")
             continue
         if not decision.changes:
             continue

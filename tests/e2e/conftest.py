@@ -74,14 +74,31 @@ class Operator:
 
     def __init__(self, kubeconfig: Path, prometheus_url: str, log: Path) -> None:
         self.log_path = log
-        self.liveness = free_port()
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "DM_TICK_SECONDS": "1", "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "dynamic_memory", "run", "--prometheus-url", prometheus_url,
-             "--metrics-port", "0", "--liveness", f"http://127.0.0.1:{self.liveness}/healthz",
-             "--max-in-flight", "4"],
-            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        self.liveness, self.metrics_port = free_port(), free_port()
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "DM_TICK_SECONDS": "1", "PYTHONUNBUFFERED": "1"}
+        self.argv = [sys.executable, "-m", "dynamic_memory", "run", "--prometheus-url", prometheus_url,
+                     "--metrics-port", str(self.metrics_port),
+                     "--liveness", f"http://127.0.0.1:{self.liveness}/healthz", "--max-in-flight", "4"]
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.argv, env=self.env, stdout=self.log_path.open("a"),
+                                        stderr=subprocess.STDOUT)
         time.sleep(1)
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, as when a node dies under the operator."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def metric(self, name: str) -> float:
+        """A sample of the operator's own /metrics (summed over labels)."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name + " ") or line.startswith(name + "{"))
 
     def output(self) -> str:
         return self.log_path.read_text()

@@ -36,11 +36,14 @@ class Prometheus:
             "scrape_configs": [{"job_name": "kubevirt", "static_configs": [{"targets": targets}]}],
         }))
         self.log_path = workdir / "prometheus.log"
-        self.log = self.log_path.open("w")
-        self.process = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle"],
-            stdout=self.log, stderr=subprocess.STDOUT)
+        self.argv = [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+                     f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle"]
+        self.start()
+
+    def start(self) -> None:
+        """Start (again, after stop(): same port, same data)."""
+        self.log = self.log_path.open("a")
+        self.process = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT)
         self._wait(lambda: urllib.request.urlopen(f"{self.url}/-/ready", timeout=1).status == 200, 30)
 
     def _wait(self, ready: Any, timeout_s: float) -> None:

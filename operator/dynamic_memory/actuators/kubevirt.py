@@ -85,6 +85,15 @@ def recommend_patch(vm: Mapping[str, Any], decision: Decision, now: float) -> di
     return {"metadata": {"annotations": notes}}
 
 
+def held_patch(vm: Mapping[str, Any], decision: Decision, now: float) -> dict[str, Any] | None:
+    """Merge patch that shows why a VM KubeVirt is busy with is held; None when it already says so."""
+    annotations = _get(vm, "metadata", "annotations") or {}
+    reason = decision.reason[:REASON_LIMIT]
+    if annotations.get(REASON) == reason:
+        return None
+    return {"metadata": {"annotations": {REASON: reason, DECIDED_AT: format_time(now)}}}
+
+
 def boot_patch(vm: Mapping[str, Any], params: PolicyParams) -> dict[str, Any] | None:
     """For a stopped VM: boot at the policy's startup size with maxGuest at its maximum, so the
     VM can move live over the policy's whole range after its next start. None when it already does."""

@@ -64,9 +64,11 @@ def blocked_reason(vm: Obj, vmi: Obj) -> str | None:
     if migratable and migratable.get("status") == "False":
         return f"not live-migratable: {migratable.get('message') or migratable.get('reason') or 'unknown'}"
     hotplug = _condition(vmi, "HotMemoryChange")
-    if hotplug and hotplug.get("status") == "True":
-        return "memory hotplug in progress (HotMemoryChange)"
     migration = _get(vmi, "status", "migrationState")
+    if hotplug and hotplug.get("status") == "True":
+        if isinstance(migration, Mapping) and migration.get("failed"):
+            return "memory hotplug waiting: its live migration failed and KubeVirt retries it"
+        return "memory hotplug in progress (HotMemoryChange)"
     if isinstance(migration, Mapping) and migration.get("startTimestamp") and not migration.get("completed") \
             and not migration.get("failed"):
         return "live migration in progress"

@@ -56,6 +56,8 @@ class KubeVirtStandIn:
         """namespace/name → how many of its next migrations fail."""
         self.migrations: dict[str, Migration] = {}
         self.log: list[str] = []
+        self.paused = threading.Event()
+        """Set it to stop playing KubeVirt for a while (steady-state request counts)."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kubevirt-standin", daemon=True)
         self._thread.start()
@@ -73,6 +75,9 @@ class KubeVirtStandIn:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            if self.paused.is_set():
+                self._stop.wait(self.period_s)
+                continue
             try:
                 self._sync()
             except Exception as exc:  # keep playing KubeVirt through API blips; the log tells the test
