@@ -254,10 +254,10 @@ async def _act(policy: PolicySpec, policy_key: str, result: PolicyPass, by_key: 
             if body is not None:
                 await _patch(memo, logger, vm, body, decision, "recommended")
             continue
+        held = held_patch(vm, decision if decision.limited == "blocked" else None)
+        if held is not None:
+            await _patch(memo, logger, vm, held, None, "held")
         if decision.limited == "blocked":
-            body = held_patch(vm, decision, now)
-            if body is not None:
-                await _patch(memo, logger, vm, body, None, "held")
             continue
         if not decision.changes:
             continue

@@ -9,11 +9,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from kubernetes import client, config
 
 from tests.e2e.controlplane.cluster import ControlPlane
+from tests.e2e.kube import core
 from tests.e2e.prometheus import Prometheus, free_port
 from tests.e2e.standin.controller import KubeVirtStandIn
 from tests.e2e.standin.metrics import GuestMetrics
@@ -39,7 +41,8 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 @pytest.fixture(scope="session")
 def admin_api(control_plane: ControlPlane) -> client.ApiClient:
     """A kubernetes client with the admin token."""
-    return config.new_client_from_config(config_file=str(control_plane.kubeconfig))  # type: ignore[no-untyped-call]
+    api = config.new_client_from_config(config_file=str(control_plane.kubeconfig))  # type: ignore[no-untyped-call]
+    return cast(client.ApiClient, api)
 
 
 @pytest.fixture(scope="session")
@@ -49,10 +52,10 @@ def kubevirt(control_plane: ControlPlane, admin_api: client.ApiClient,
     control_plane.kubectl("apply", "--server-side", "-f", str(STANDIN_CRDS))
     for crd in ("virtualmachines", "virtualmachineinstances", "virtualmachineinstancemigrations"):
         control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}.kubevirt.io")
-    core = client.CoreV1Api(admin_api)
+    nodes_api = core(admin_api)
     for node in ("node-1", "node-2"):
-        core.create_node({"metadata": {"name": node}})
-        core.patch_node_status(node, {"status": {"allocatable": {"memory": "32Gi", "pods": "110"},
+        nodes_api.create_node({"metadata": {"name": node}})
+        nodes_api.patch_node_status(node, {"status": {"allocatable": {"memory": "32Gi", "pods": "110"},
                                                  "capacity": {"memory": "33Gi", "pods": "110"}}})
     standin = KubeVirtStandIn(admin_api, guest_metrics)
     yield standin

@@ -11,6 +11,7 @@ from kubernetes import client
 from dynamic_memory.quantity import GIB, parse_quantity
 from tests.e2e.conftest import Operator
 from tests.e2e.controlplane.cluster import ControlPlane
+from tests.e2e.kube import custom
 from tests.e2e.prometheus import Prometheus
 from tests.e2e.standin.controller import KubeVirtStandIn
 from tests.e2e.test_operator_e2e import (
@@ -102,7 +103,7 @@ def test_conflicting_writes_are_retried_and_nothing_is_lost(control_plane: Contr
     touched = [0]
 
     def touch() -> None:  # somebody else keeps writing the VM: each write changes its resourceVersion
-        api = client.CustomObjectsApi(admin_api)
+        api = custom(admin_api)
         while not stop.is_set():
             touched[0] += 1
             api.patch_namespaced_custom_object(*KV, ns, "virtualmachines", "db",
@@ -132,9 +133,12 @@ def test_failing_migrations_are_shown_and_not_repatched(control_plane: ControlPl
     create_vm(admin_api, ns, "db")
     wait(lambda: guest(vm(admin_api, ns, "db")) > 2 * GIB, what="the patch")
     wait(lambda: "live migration failed" in (vm(admin_api, ns, "db")["metadata"].get("annotations") or {})
-         .get("dynamicmemory.io/reason", ""), what="the reason on the VM")
+         .get("dynamicmemory.io/held", ""), what="the reason on the VM")
     wait(lambda: settled(admin_api, ns), timeout_s=60, what="KubeVirt's retries to succeed")
+    wait(lambda: "dynamicmemory.io/held" not in vm(admin_api, ns, "db")["metadata"]["annotations"],
+         what="the hold to be cleared")
     assert grows(admin_api, ns) == 1
+    assert "guest short of memory" in vm(admin_api, ns, "db")["metadata"]["annotations"]["dynamicmemory.io/reason"]
     assert any("migration failed" in line for line in kubevirt.log)
 
 
@@ -146,7 +150,7 @@ def test_a_vm_deleted_while_selected_causes_no_error_loop(control_plane: Control
     create_vm(admin_api, ns, "db")
     wait(lambda: policy_status(admin_api, ns).get("running") == 1, what="the VM decided")
     mark = len(operator.output())
-    client.CustomObjectsApi(admin_api).delete_namespaced_custom_object(*KV, ns, "virtualmachines", "db")
+    custom(admin_api).delete_namespaced_custom_object(*KV, ns, "virtualmachines", "db")
     wait(lambda: policy_status(admin_api, ns).get("vms") == 0, what="the status to forget it")
     time.sleep(11)
     later = operator.output()[mark:]

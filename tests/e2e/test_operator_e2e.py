@@ -13,6 +13,7 @@ from kubernetes import client
 from dynamic_memory.quantity import GIB, parse_quantity
 from tests.e2e.conftest import Operator
 from tests.e2e.controlplane.cluster import ControlPlane
+from tests.e2e.kube import core, custom
 from tests.e2e.prometheus import Prometheus
 from tests.e2e.standin.controller import KubeVirtStandIn
 
@@ -47,19 +48,19 @@ def create_vm(api: client.ApiClient, ns: str, name: str, guest: str = "2Gi", app
     template: dict[str, Any] = {"domain": {"memory": {"guest": guest, "maxGuest": "16Gi"}, "devices": {}}}
     if node:
         template["nodeSelector"] = {"kubernetes.io/hostname": node}
-    client.CustomObjectsApi(api).create_namespaced_custom_object(*KV, ns, "virtualmachines", {
+    custom(api).create_namespaced_custom_object(*KV, ns, "virtualmachines", {
         "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
         "metadata": {"name": name, "namespace": ns, "labels": {"app": app}},
         "spec": {"running": True, "template": {"spec": template}}})
 
 
 def vm(api: client.ApiClient, ns: str, name: str) -> dict[str, Any]:
-    return dict(client.CustomObjectsApi(api).get_namespaced_custom_object(*KV, ns, "virtualmachines", name))
+    return dict(custom(api).get_namespaced_custom_object(*KV, ns, "virtualmachines", name))
 
 
 def vmi(api: client.ApiClient, ns: str, name: str) -> dict[str, Any] | None:
     try:
-        return dict(client.CustomObjectsApi(api).get_namespaced_custom_object(*KV, ns, "virtualmachineinstances",
+        return dict(custom(api).get_namespaced_custom_object(*KV, ns, "virtualmachineinstances",
                                                                               name))
     except client.exceptions.ApiException:
         return None
@@ -70,7 +71,7 @@ def guest(obj: dict[str, Any]) -> int:
 
 
 def policy_status(api: client.ApiClient, ns: str, name: str = "dmp") -> dict[str, Any]:
-    obj = client.CustomObjectsApi(api).get_namespaced_custom_object("dynamicmemory.io", "v1alpha1", ns,
+    obj = custom(api).get_namespaced_custom_object("dynamicmemory.io", "v1alpha1", ns,
                                                                     "dynamicmemorypolicies", name)
     return dict(obj.get("status") or {})
 
@@ -105,9 +106,10 @@ def test_demand_spike_grows_the_vm_within_two_intervals(control_plane: ControlPl
          what="the stand-in's migration")
     annotations = vm(admin_api, ns, "db")["metadata"]["annotations"]
     assert "guest short of memory" in annotations["dynamicmemory.io/reason"]
-    events = client.CoreV1Api(admin_api).list_namespaced_event(ns, field_selector="involvedObject.name=db").items
+    events = core(admin_api).list_namespaced_event(ns, field_selector="involvedObject.name=db").items
     assert any(e.reason == "Resized" and "Grow" in e.message for e in events), [e.message for e in events]
-    status = policy_status(admin_api, ns)
+    status = wait(lambda: policy_status(admin_api, ns).get("pressured") and policy_status(admin_api, ns),
+                  what="the status to list the VM")
     assert status["vms"] == 1 and status["running"] == 1 and status["pressured"][0]["name"] == "db"
 
 
@@ -155,9 +157,9 @@ def test_a_node_too_small_serves_the_heavier_policy_first(
         control_plane: ControlPlane, admin_api: client.ApiClient, kubevirt: KubeVirtStandIn,
         operator: Operator) -> None:
     ns = "weights"
-    core = client.CoreV1Api(admin_api)
-    core.create_node({"metadata": {"name": "tiny", "labels": {"kubernetes.io/hostname": "tiny"}}})
-    core.patch_node_status("tiny", {"status": {"allocatable": {"memory": "12Gi", "pods": "110"},
+    nodes_api = core(admin_api)
+    nodes_api.create_node({"metadata": {"name": "tiny", "labels": {"kubernetes.io/hostname": "tiny"}}})
+    nodes_api.patch_node_status("tiny", {"status": {"allocatable": {"memory": "12Gi", "pods": "110"},
                                                "capacity": {"memory": "12Gi", "pods": "110"}}})
     control_plane.kubectl("create", "namespace", ns)
     apply_policy(control_plane, ns, "gold", app="gold", weight=9000)
@@ -169,7 +171,7 @@ def test_a_node_too_small_serves_the_heavier_policy_first(
     worst = 0
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        pods = core.list_pod_for_all_namespaces(field_selector="spec.nodeName=tiny").items
+        pods = nodes_api.list_pod_for_all_namespaces(field_selector="spec.nodeName=tiny").items
         held = sum(parse_quantity(c.resources.requests["memory"]) for p in pods for c in p.spec.containers)
         worst = max(worst, held)
         status = policy_status(admin_api, ns, "bronze")
@@ -196,6 +198,6 @@ def test_recommend_mode_changes_nothing_and_says_what_it_would_do(
     current = vm(admin_api, ns, "db")
     assert guest(current) == 2 * GIB
     assert parse_quantity(current["metadata"]["annotations"]["dynamicmemory.io/recommendation"]) > 2 * GIB
-    events = client.CoreV1Api(admin_api).list_namespaced_event(ns, field_selector="involvedObject.name=db").items
+    events = core(admin_api).list_namespaced_event(ns, field_selector="involvedObject.name=db").items
     assert any(e.reason == "Recommended" for e in events)
     assert all(e.reason != "Resized" for e in events)

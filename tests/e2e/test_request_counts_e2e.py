@@ -11,6 +11,7 @@ from kubernetes import client
 from dynamic_memory.quantity import GIB
 from tests.e2e.conftest import Operator
 from tests.e2e.controlplane.cluster import ControlPlane
+from tests.e2e.kube import core
 from tests.e2e.prometheus import Prometheus
 from tests.e2e.standin.controller import KubeVirtStandIn
 from tests.e2e.test_operator_e2e import create_vm, policy_status, setup_namespace, wait
@@ -31,10 +32,10 @@ def test_steady_state_costs_constant_queries_and_no_lists(control_plane: Control
                                                           kubevirt: KubeVirtStandIn, operator: Operator,
                                                           prometheus: Prometheus) -> None:
     ns = "scale"
-    core = client.CoreV1Api(admin_api)
+    nodes_api = core(admin_api)
     for i in range(8):
-        core.create_node({"metadata": {"name": f"big-{i}"}})
-        core.patch_node_status(f"big-{i}", {"status": {"allocatable": {"memory": "128Gi", "pods": "110"},
+        nodes_api.create_node({"metadata": {"name": f"big-{i}"}})
+        nodes_api.patch_node_status(f"big-{i}", {"status": {"allocatable": {"memory": "128Gi", "pods": "110"},
                                                        "capacity": {"memory": "128Gi", "pods": "110"}}})
     setup_namespace(control_plane, ns)
     for i in range(VMS):

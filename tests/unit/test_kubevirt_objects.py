@@ -127,3 +127,15 @@ def test_boot_patch_sizes_a_stopped_vm_for_the_policy() -> None:
     sized = vm(guest="2Gi")
     sized["spec"]["template"]["spec"]["domain"]["memory"]["maxGuest"] = "32Gi"
     assert boot_patch(sized, params) is None
+
+
+def test_held_patch_shows_a_hold_once_and_clears_it_once() -> None:
+    from dynamic_memory.actuators.kubevirt import HELD, held_patch
+
+    held = Decision("prod/db", "node-1", 4 * GIB, 4 * GIB, Action.HOLD, Why("Blocked", "migration failed"),
+                    limited="blocked")
+    patch = held_patch(vm(), held)
+    assert patch == {"metadata": {"annotations": {HELD: "migration failed"}}}
+    assert held_patch(vm(annotations={HELD: "migration failed"}), held) is None
+    assert held_patch(vm(annotations={HELD: "migration failed"}), None) == {"metadata": {"annotations": {HELD: None}}}
+    assert held_patch(vm(), None) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ KIB_PER_GIB = 1024 * 1024
 PARAMS = PolicyParams(0, 0, 2**62)
 
 
-def write_trace(path: Path, rows: list[tuple[int, int, float, float]], gz: bool = False) -> Path:
+def write_trace(path: Path, rows: Sequence[tuple[int, int, float, float]], gz: bool = False) -> Path:
     """rows: (vm, t, provisioned GiB, usage GiB)."""
     text = "vm,timestamp_s,memory_provisioned_kib,memory_usage_kib,cpu_cores\n" + "".join(
         f"{vm},{t},{int(p * KIB_PER_GIB)},{int(u * KIB_PER_GIB)},2\n" for vm, t, p, u in rows)

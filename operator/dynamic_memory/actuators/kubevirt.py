@@ -28,6 +28,9 @@ REASON = ANNOTATION_PREFIX + "reason"
 DECIDED_AT = ANNOTATION_PREFIX + "decided-at"
 DEMAND = ANNOTATION_PREFIX + "demand"
 RECOMMENDATION = ANNOTATION_PREFIX + "recommendation"
+HELD = ANNOTATION_PREFIX + "held"
+"""Why a VM KubeVirt is busy with is held now; removed when the hold ends (`reason` keeps the
+last change's explanation)."""
 ORIGINAL_MEMORY = ANNOTATION_PREFIX + "original-memory"
 """The VM's memory block as the user wrote it, saved before we first change it (nothing is lost)."""
 
@@ -85,13 +88,14 @@ def recommend_patch(vm: Mapping[str, Any], decision: Decision, now: float) -> di
     return {"metadata": {"annotations": notes}}
 
 
-def held_patch(vm: Mapping[str, Any], decision: Decision, now: float) -> dict[str, Any] | None:
-    """Merge patch that shows why a VM KubeVirt is busy with is held; None when it already says so."""
+def held_patch(vm: Mapping[str, Any], decision: Decision | None) -> dict[str, Any] | None:
+    """Merge patch that shows why a VM KubeVirt is busy with is held (decision given), or clears that
+    once it is not (None); None when the VM already says so. Writes only on change: no churn."""
     annotations = _get(vm, "metadata", "annotations") or {}
-    reason = decision.reason[:REASON_LIMIT]
-    if annotations.get(REASON) == reason:
+    held = None if decision is None else decision.reason[:REASON_LIMIT]
+    if annotations.get(HELD) == held:
         return None
-    return {"metadata": {"annotations": {REASON: reason, DECIDED_AT: format_time(now)}}}
+    return {"metadata": {"annotations": {HELD: held}}}
 
 
 def boot_patch(vm: Mapping[str, Any], params: PolicyParams) -> dict[str, Any] | None:

@@ -89,10 +89,10 @@ def decide(vm: VMState, signal: DemandSignal, params: PolicyParams, now: float) 
     """One VM's target for now, with the reason."""
     floor, ceiling = live_bounds(vm, params)
     current = vm.assigned
-    if vm.blocked:
-        return _hold(vm, Why("Blocked", "not resizable now: {why}", (("why", vm.blocked),)), limited="blocked")
-
     latest, peak = demand_with_pressure(signal, current)
+    if vm.blocked:  # its demand is still known: the status shows it
+        return _hold(vm, Why("Blocked", "not resizable now: {why}", (("why", vm.blocked),)),
+                     demand=peak if peak is not None else latest, limited="blocked")
 
     if not floor <= current <= ceiling:
         target = fit(current, floor, ceiling, params.alignment)

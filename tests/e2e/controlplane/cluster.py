@@ -68,7 +68,7 @@ class ControlPlane:
             for p in self.processes:
                 if p.poll() is not None:
                     logs = "\n".join(f.read_text()[-3000:] for f in self.workdir.glob("*.log"))
-                    raise RuntimeError(f"{p.args[0]} exited with {p.returncode}:\n{logs}")
+                    raise RuntimeError(f"{p.args!r} exited with {p.returncode}:\n{logs}")
             try:
                 if ready():
                     return

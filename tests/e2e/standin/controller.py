@@ -41,13 +41,17 @@ def _memory(obj: dict[str, Any]) -> dict[str, Any]:
     return dict(obj.get("spec", {}).get("template", {}).get("spec", {}).get("domain", {}).get("memory") or {})
 
 
+def _constant(value: int) -> Demand:
+    return lambda _t: value
+
+
 class KubeVirtStandIn:
     """Runs in a thread; `stop()` ends it."""
 
     def __init__(self, api: client.ApiClient, metrics: GuestMetrics, *, migration_s: float = 2.0,
                  period_s: float = 0.25) -> None:
-        self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
+        self.custom: Any = client.CustomObjectsApi(api)  # plain dicts in and out (see tests/e2e/kube.py)
+        self.core: Any = client.CoreV1Api(api)
         self.metrics = metrics
         self.migration_s = migration_s
         self.period_s = period_s
@@ -55,6 +59,7 @@ class KubeVirtStandIn:
         self.failures: dict[str, int] = {}
         """namespace/name → how many of its next migrations fail."""
         self.migrations: dict[str, Migration] = {}
+        self._migration_names: dict[str, str] = {}
         self.log: list[str] = []
         self.paused = threading.Event()
         """Set it to stop playing KubeVirt for a while (steady-state request counts)."""
@@ -64,7 +69,7 @@ class KubeVirtStandIn:
 
     def set_demand(self, key: str, demand: int | Demand) -> None:
         """The guest's demand in bytes (or as a function of time)."""
-        self.demand[key] = demand if callable(demand) else (lambda _t, d=demand: d)
+        self.demand[key] = demand if callable(demand) else _constant(demand)
 
     def stop(self) -> None:
         """End the loop."""
@@ -184,6 +189,7 @@ class KubeVirtStandIn:
                               "status": {"conditions": self._conditions(vmi, hot=True),
                                          "migrationState": {"startTimestamp": format_time(time.time())}}})
         self.migrations[key] = Migration(want, time.monotonic() + self.migration_s)
+        self._migration_object(vmi, 1, "Running")
         self.log.append(f"{key}: hotplug {have // MIB}Mi → {want // MIB}Mi by live migration")
 
     def _progress(self, key: str, vm: dict[str, Any], vmi: dict[str, Any]) -> None:
@@ -195,7 +201,9 @@ class KubeVirtStandIn:
             self.failures[key] -= 1
             self._patch_vmi(vmi, {"status": {"migrationState": {"startTimestamp": format_time(time.time()),
                                                                 "failed": True}}})
+            self._migration_object(vmi, mig.attempt, "Failed")
             mig.due, mig.attempt = time.monotonic() + 2 * self.migration_s, mig.attempt + 1  # workload-updater retries
+            self._migration_object(vmi, mig.attempt, "Running")
             self.log.append(f"{key}: migration failed (attempt {mig.attempt - 1}); retrying")
             return
         free = self._placeable(vm)
@@ -217,7 +225,24 @@ class KubeVirtStandIn:
             "memory": {"guestCurrent": q, "guestRequested": q,
                        "memoryOverhead": to_quantity(launcher_overhead(mig.target))}}})
         del self.migrations[key]
+        self._migration_object(vmi, mig.attempt, "Succeeded")
         self.log.append(f"{key}: now {mig.target // MIB}Mi on {node}")
+
+    def _migration_object(self, vmi: dict[str, Any], attempt: int, phase: str) -> None:
+        """The VirtualMachineInstanceMigration KubeVirt's workload updater creates for a hotplug."""
+        ns, name = vmi["metadata"]["namespace"], vmi["metadata"]["name"]
+        if phase == "Running":
+            migration = f"{name}-memory-{int(time.time())}-{attempt}"
+            self._migration_names[f"{ns}/{name}"] = migration
+            self.custom.create_namespaced_custom_object(*KV, ns, "virtualmachineinstancemigrations", {
+                "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
+                "metadata": {"name": migration, "namespace": ns}, "spec": {"vmiName": name},
+                "status": {"phase": phase}})
+        else:
+            self.custom.patch_namespaced_custom_object(*KV, ns, "virtualmachineinstancemigrations",
+                                                       self._migration_names[f"{ns}/{name}"],
+                                                       {"status": {"phase": phase}},
+                                                       _content_type="application/merge-patch+json")
 
     @staticmethod
     def _conditions(vmi: dict[str, Any], *, hot: bool) -> list[dict[str, Any]]:

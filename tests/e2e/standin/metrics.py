@@ -43,7 +43,7 @@ class GuestMetrics:
         self.guests: dict[tuple[str, str], Guest] = {}
         self.lock = threading.Lock()
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self)  # type: ignore[arg-type]
+        self.registry.register(self)
         self.port = 0
 
     def set(self, namespace: str, name: str, *, node: str = "node-1", available: int, demand: int,
