@@ -55,3 +55,13 @@ def test_recommend_mode_changes_nothing() -> None:
     result = simulate(DynamicMemory(), sc.nodes, vms, duration_s=sc.duration_s, step_s=sc.step_s)
     assert result.resizes == 0
     assert all(len(set(a)) == 1 for a in result.timeline.assigned.values())
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_static_is_the_reference(name: str) -> None:
+    from dynamic_memory.policy.baselines import Static
+
+    scenario = SCENARIOS[name]()
+    report = summarise(scenario, run_all(scenario, [Static()]))
+    row = report["policies"][0]
+    assert (row["memory_ratio"], row["resizes_per_vm_day"]) == (1.0, 0.0)

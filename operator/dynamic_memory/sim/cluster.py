@@ -131,7 +131,8 @@ def simulate(policy: Policy, nodes: Sequence[SimNode], vms: Sequence[SimVM], *, 
     lives = []
     for sim_vm in vms:
         boot = sim_vm.provisioned if boot_at_provisioned else sim_vm.params.startup
-        max_guest = sim_vm.max_guest or max(sim_vm.params.maximum, boot)
+        # a statically sized VM has no hotplug headroom: its ceiling is what it was given
+        max_guest = boot if boot_at_provisioned else sim_vm.max_guest or max(sim_vm.params.maximum, boot)
         spec = policy.signal_spec(sim_vm.params)
         lives.append(_Live(sim_vm, boot, boot, max_guest, DemandHistory(spec, stale_s)))
     result = SimResult(policy.name, Timeline())
