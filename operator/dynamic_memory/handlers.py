@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import kopf
@@ -47,6 +48,17 @@ from dynamic_memory.status import (
 KUBEVIRT = ("kubevirt.io", "v1")
 
 
+@dataclass
+class PassState:
+    """The last pass over all policies. One object, shared: Kopf gives every policy a *shallow copy*
+    of the operator's memo, so state assigned to `memo` itself would be per policy."""
+
+    last: float = 0.0
+    time: float = 0.0
+    passes: dict[str, PolicyPass] = field(default_factory=dict)
+    metrics: tuple[bool, str] = (False, "no pass yet")
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Settings, clients and the metrics endpoint, once."""
@@ -68,10 +80,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
         api = config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
         memo.kube = client.CustomObjectsApi(api)
     memo.lock = asyncio.Lock()
-    memo.last_pass = 0.0
-    memo.pass_time = 0.0
-    memo.passes = {}
-    memo.metrics_state = (False, "no pass yet")
+    memo.state = PassState()
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, registry=metrics.REGISTRY)
     logger.info(f"dynamic-memory operator started; Prometheus at {cfg.prometheus_url}")
@@ -158,15 +167,16 @@ async def reconcile(spec: kopf.Spec, body: kopf.Body, meta: kopf.Meta, name: str
                                                    generation, now)
         return
     interval = parse_duration(policy.interval) - 0.5
-    if now - memo.last_pass >= interval:
+    state: PassState = memo.state
+    if now - state.last >= interval:
         async with memo.lock:
-            if time.time() - memo.last_pass >= interval:  # another policy's timer may have run it meanwhile
-                memo.passes, memo.metrics_state = await _global_pass(memo, logger, kwargs)
-                memo.last_pass = time.time()
-    result: PolicyPass | None = memo.passes.get(key)
+            if time.time() - state.last >= interval:  # another policy's timer may have run it meanwhile
+                state.passes, state.metrics = await _global_pass(memo, logger, kwargs)
+                state.last = time.time()
+    result = state.passes.get(key)
     if result is None:
         return
-    ok, message = memo.metrics_state
+    ok, message = state.metrics
     conditions = set_condition(conditions, METRICS_AVAILABLE, ok, "Queried" if ok else "PrometheusUnreachable",
                                message, generation, now)
     limited = [d for d in result.decisions if d.limited == "room"]
@@ -183,14 +193,14 @@ async def reconcile(spec: kopf.Spec, body: kopf.Body, meta: kopf.Meta, name: str
                                + (f"; {overlap}" if overlap else ""), generation, now)
     patch.status["conditions"] = conditions
     patch.status["observedGeneration"] = generation
-    for field_name, value in summary(len(result.selected), result.decisions, memo.pass_time).items():
+    for field_name, value in summary(len(result.selected), result.decisions, state.time).items():
         patch.status[field_name] = value
 
 
 async def _global_pass(memo: kopf.Memo, logger: kopf.Logger,
                        indexes: Mapping[str, Any]) -> tuple[dict[str, PolicyPass], tuple[bool, str]]:
     """Prometheus, the engine over every policy's VMs, and the patches."""
-    now = memo.pass_time = time.time()
+    now = memo.state.time = time.time()
     started = time.perf_counter()
     policy_idx: kopf.Index[str, dict[str, Any]] = indexes["policy_index"]
     vm_idx: kopf.Index[str, tuple[str, dict[str, Any]]] = indexes["vm_index"]
@@ -224,6 +234,9 @@ async def _global_pass(memo: kopf.Memo, logger: kopf.Logger,
     by_key = {f"{ns}/{n}": vm for ns, named in vms.items() for n, vm in named.items()}
     for key, result in passes.items():
         await _act(policies[key], key, result, by_key, memo, logger, now, budget)
+        for node, room in result.rooms.items():
+            if room is not None:
+                metrics.NODE_ROOM.labels(node).set(room)
     metrics.CYCLE.observe(time.perf_counter() - started)
     return passes, state
 
