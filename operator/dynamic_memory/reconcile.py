@@ -74,6 +74,8 @@ class PolicyPass:
     balloon_off: list[str] = field(default_factory=list)
     claimed_elsewhere: dict[str, str] = field(default_factory=dict)
     """VM → the policy that governs it instead (selectors overlap: the first policy by name wins)."""
+    rooms: dict[str, int | None] = field(default_factory=dict)
+    """Guest bytes the managed VMs may hold on the nodes this policy's VMs run on."""
 
 
 def metrics_groups(policies: Mapping[str, PolicySpec], running: Mapping[str, Sequence[str]]) -> dict[Group, list[str]]:
@@ -162,4 +164,5 @@ def plan_all(policies: Mapping[str, PolicySpec], vms: Mapping[str, Mapping[str, 
         result = passes[owner[entry.vm.key]]
         result.entries.append(entry)
         result.decisions.append(decision)
+        result.rooms[entry.vm.node] = node_rooms.get(entry.vm.node)
     return passes

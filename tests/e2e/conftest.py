@@ -64,9 +64,9 @@ def kubevirt(control_plane: ControlPlane, admin_api: client.ApiClient,
 
 @pytest.fixture(scope="session")
 def operator_kubeconfig(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """deploy/'s ServiceAccount and RBAC applied; a kubeconfig with a token minted for that account."""
-    control_plane.kubectl("create", "namespace", OPERATOR_NS)
-    control_plane.kubectl("apply", "-f", str(ROOT / "deploy" / "manifests" / "rbac.yaml"))
+    """deploy/manifests applied (the Deployment too: no kubelet runs it here); a kubeconfig with a
+    token minted for the operator's ServiceAccount, so the operator runs under exactly that RBAC."""
+    control_plane.kubectl("apply", "--server-side", "-k", str(ROOT / "deploy" / "manifests"))
     token = control_plane.kubectl("create", "token", "kubevirt-dynamic-memory", "-n", OPERATOR_NS,
                                   "--duration=4h").stdout.strip()
     return control_plane.write_kubeconfig(tmp_path_factory.mktemp("operator") / "kubeconfig", token)

@@ -54,3 +54,25 @@ def test_crd_has_what_kubectl_users_see() -> None:
         "maximum": 2000, "minimum": 5, "type": "integer"}
     for nested in ("scaleUp", "scaleDown", "metrics"):
         assert spec["properties"][nested]["default"] == {}, nested
+
+
+def test_the_charts_crd_is_the_generated_one() -> None:
+    for copy in ("deploy/helm/kubevirt-dynamic-memory/crds/dynamicmemorypolicies.yaml", "deploy/manifests/crd.yaml"):
+        assert (CRD_FILE.parents[1] / copy).read_text() == crd_yaml(), f"{copy} drifted: run deploy/render.sh"
+
+
+def test_dashboard_queries_only_metrics_that_exist() -> None:
+    import json
+    import re
+
+    from dynamic_memory import metrics
+    from dynamic_memory.sources import prometheus
+
+    ours = {m.name for m in metrics.REGISTRY.collect()}
+    kubevirt = {prometheus.AVAILABLE, prometheus.USABLE, prometheus.MAJOR_FAULTS, prometheus.SWAP_IN}
+    dashboard = json.loads((CRD_FILE.parents[1] / "deploy" / "grafana" / "kubevirt-dynamic-memory.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    names = {n for e in exprs for n in re.findall(r"\b((?:dynamic_memory|kubevirt_vmi)_[a-z_]+)", e)}
+    known = {n for n in names if n in kubevirt or any(n.removesuffix(s) in ours for s in ("_bucket", "_total", ""))}
+    assert names - known == set(), f"the dashboard queries metrics nobody exports: {names - known}"
+    assert len(dashboard["panels"]) >= 6

@@ -86,3 +86,11 @@ def test_pod_requests_skip_finished_and_unscheduled_pods() -> None:
     assert pod_request(pod("Running", "n")) == ("n", PodRequest("a", "g", GIB))
     assert pod_request(pod("Succeeded", "n")) is None
     assert pod_request(pod("Pending", None)) is None
+
+
+def test_each_pass_reports_the_rooms_of_its_nodes() -> None:
+    policies = {"a/gold": spec("gold", 9000)}
+    passes = plan_all(policies, {"a": {"g": vm("a", "g", "gold")}}, {"a/g": vmi("a", "g")}, {},
+                      {"small": 8 * GIB}, {"small": [PodRequest("a", "g", 2 * GIB)]}, GIB, NOW)
+    # 8Gi - 1Gi reserve - its launcher overhead at maxGuest (0 now + (16Gi - 2Gi)/512 of page tables)
+    assert passes["a/gold"].rooms == {"small": 7 * GIB - 14 * GIB // 512}

@@ -48,13 +48,18 @@ class ControlPlane:
         tokens = workdir / "tokens.csv"
         tokens.write_text(f'{ADMIN_TOKEN},e2e-admin,e2e-admin,"system:masters"\n')
         issuer = "https://kubernetes.default.svc.cluster.local"
+        audit_policy = workdir / "audit-policy.yaml"  # who called what: the RBAC-usage test reads it
+        audit_policy.write_text('{"apiVersion": "audit.k8s.io/v1", "kind": "Policy", '
+                                '"omitStages": ["RequestReceived"], "rules": [{"level": "Metadata"}]}')
+        self.audit_log = workdir / "audit.log"
         self._start("kube-apiserver", [
             str(self.bin / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={self.port}",
             f"--cert-dir={workdir / 'certs'}", f"--token-auth-file={tokens}", "--authorization-mode=RBAC",
             f"--service-account-issuer={issuer}", f"--api-audiences={issuer}",
             f"--service-account-key-file={pub}", f"--service-account-signing-key-file={key}",
-            "--service-cluster-ip-range=10.96.0.0/16", "--profiling=false"])
+            "--service-cluster-ip-range=10.96.0.0/16", "--profiling=false",
+            f"--audit-policy-file={audit_policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json"])
         self._wait(lambda: self.get("/readyz", raw=True) == b"ok", timeout_s=120)
         self.kubeconfig = self.write_kubeconfig(workdir / "admin.kubeconfig", ADMIN_TOKEN)
 
