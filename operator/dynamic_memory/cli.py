@@ -124,7 +124,8 @@ def cmd_run(args: argparse.Namespace) -> int:
            "DM_PROMETHEUS_CA_FILE": args.prometheus_ca_file,
            "DM_PROMETHEUS_INSECURE": "true" if args.prometheus_insecure else None,
            "DM_NODE_RESERVE": args.node_reserve, "DM_MAX_IN_FLIGHT": args.max_in_flight,
-           "DM_METRICS_PORT": args.metrics_port}
+           "DM_METRICS_PORT": args.metrics_port, "DM_MODE_CAP": args.mode_cap,
+           "DM_TICK_SECONDS": args.tick_seconds}
     os.environ.update({k: str(v) for k, v in env.items() if v is not None})
     import logging
 
@@ -178,6 +179,10 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--max-in-flight", type=int, help="resizes under way cluster-wide at most (default 2)")
     o.add_argument("--metrics-port", type=int, help="port of the operator's /metrics (default 8000, 0: off)")
     o.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="Kopf's liveness endpoint")
+    o.add_argument("--mode-cap", choices=["Off", "Recommend", "Auto"],
+                   help="the most any policy may do; Recommend makes the operator report-only (default Auto)")
+    o.add_argument("--tick-seconds", type=float,
+                   help="how often policies are checked for being due (default 5; policies set their interval)")
     o.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     o.set_defaults(func=cmd_run)
     return p

@@ -23,6 +23,13 @@ class OperatorConfig:
     metrics_port: int = 8000
     tick_s: float = 5.0
     """How often each policy's timer wakes to see whether its own interval is due."""
+    mode_cap: str = "Auto"
+    """The most any policy may do: Recommend makes the whole operator report-only (try it first)."""
+
+    def effective_mode(self, mode: str) -> str:
+        """A policy's mode, capped: Off < Recommend < Auto."""
+        order = ["Off", "Recommend", "Auto"]
+        return order[min(order.index(mode), order.index(self.mode_cap))]
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -47,4 +54,11 @@ class OperatorConfig:
             max_in_flight=int(e.get("DM_MAX_IN_FLIGHT", d.max_in_flight)),
             metrics_port=int(e.get("DM_METRICS_PORT", d.metrics_port)),
             tick_s=float(e.get("DM_TICK_SECONDS", d.tick_s)),
+            mode_cap=_mode(e.get("DM_MODE_CAP") or d.mode_cap),
         )
+
+
+def _mode(value: str) -> str:
+    if value not in ("Off", "Recommend", "Auto"):
+        raise ValueError(f"DM_MODE_CAP={value!r} must be Off, Recommend or Auto")
+    return value

@@ -158,6 +158,7 @@ async def reconcile(spec: kopf.Spec, body: kopf.Body, meta: kopf.Meta, name: str
     if validation_errors(dict(spec)):
         return
     policy = PolicySpec.model_validate(dict(spec))
+    policy = policy.model_copy(update={"mode": memo.config.effective_mode(policy.mode)})
     key = f"{namespace}/{name}"
     generation = int(meta.get("generation") or 0)
     now = time.time()
@@ -212,6 +213,7 @@ async def _global_pass(memo: kopf.Memo, logger: kopf.Logger,
         for raw in _store(policy_idx, key)[:1]:
             if not validation_errors(raw):
                 spec = PolicySpec.model_validate(raw)
+                spec = spec.model_copy(update={"mode": memo.config.effective_mode(spec.mode)})
                 if spec.mode != Mode.OFF.value:
                     policies[key] = spec
     vms = {ns: dict(_store(vm_idx, ns)) for ns in vm_idx}

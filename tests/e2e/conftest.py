@@ -14,7 +14,7 @@ from typing import cast
 import pytest
 from kubernetes import client, config
 
-from tests.e2e.controlplane.cluster import ControlPlane
+from tests.e2e.controlplane.cluster import Cluster, ControlPlane, ExistingCluster
 from tests.e2e.kube import core
 from tests.e2e.prometheus import Prometheus, free_port
 from tests.e2e.standin.controller import KubeVirtStandIn
@@ -25,10 +25,15 @@ STANDIN_CRDS = Path(__file__).resolve().parent / "standin" / "crds.yaml"
 OPERATOR_NS = "kubevirt-dynamic-memory"
 
 
+EXISTING = os.environ.get("DM_E2E_KUBECONFIG")
+"""Run the e2e tier against this cluster (kind with real KubeVirt, say) instead of our own control
+plane; the tests that drive guests through the KubeVirt stand-in are then skipped."""
+
+
 @pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    """A real API server with our CRD applied by real kubectl."""
-    cp = ControlPlane(tmp_path_factory.mktemp("controlplane"))
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A real API server with our CRD applied by real kubectl: ours on loopback, or DM_E2E_KUBECONFIG's."""
+    cp: Cluster = ExistingCluster(Path(EXISTING)) if EXISTING else ControlPlane(tmp_path_factory.mktemp("cp"))
     try:
         cp.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
         cp.kubectl("wait", "--for=condition=Established", "--timeout=60s",
@@ -39,16 +44,18 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 
 
 @pytest.fixture(scope="session")
-def admin_api(control_plane: ControlPlane) -> client.ApiClient:
+def admin_api(control_plane: Cluster) -> client.ApiClient:
     """A kubernetes client with the admin token."""
     api = config.new_client_from_config(config_file=str(control_plane.kubeconfig))  # type: ignore[no-untyped-call]
     return cast(client.ApiClient, api)
 
 
 @pytest.fixture(scope="session")
-def kubevirt(control_plane: ControlPlane, admin_api: client.ApiClient,
+def kubevirt(control_plane: Cluster, admin_api: client.ApiClient,
              guest_metrics: GuestMetrics) -> Iterator[KubeVirtStandIn]:
     """KubeVirt's CRDs, two nodes of 32Gi allocatable, and the stand-in playing KubeVirt."""
+    if EXISTING:
+        pytest.skip("drives guests through the KubeVirt stand-in; on a real cluster demand lives inside the VMs")
     control_plane.kubectl("apply", "--server-side", "-f", str(STANDIN_CRDS))
     for crd in ("virtualmachines", "virtualmachineinstances", "virtualmachineinstancemigrations"):
         control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}.kubevirt.io")
@@ -63,10 +70,10 @@ def kubevirt(control_plane: ControlPlane, admin_api: client.ApiClient,
 
 
 @pytest.fixture(scope="session")
-def operator_kubeconfig(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def operator_kubeconfig(control_plane: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """deploy/manifests applied (the Deployment too: no kubelet runs it here); a kubeconfig with a
     token minted for the operator's ServiceAccount, so the operator runs under exactly that RBAC."""
-    control_plane.kubectl("apply", "--server-side", "-k", str(ROOT / "deploy" / "manifests"))
+    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(ROOT / "deploy" / "manifests"))
     token = control_plane.kubectl("create", "token", "kubevirt-dynamic-memory", "-n", OPERATOR_NS,
                                   "--duration=4h").stdout.strip()
     return control_plane.write_kubeconfig(tmp_path_factory.mktemp("operator") / "kubeconfig", token)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.controlplane.cluster import ControlPlane
+from tests.e2e.controlplane.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "deploy" / "examples" / "policy.yaml"
@@ -21,8 +21,8 @@ def test_readme_shows_the_example_policy_file() -> None:
     assert block is not None and block.group(1) == EXAMPLE.read_text()
 
 
-def test_example_policy_applies_and_kubectl_shows_the_columns(control_plane: ControlPlane) -> None:
-    control_plane.kubectl("create", "namespace", "prod")
+def test_example_policy_applies_and_kubectl_shows_the_columns(control_plane: Cluster) -> None:
+    control_plane.ensure_namespace("prod")
     applied = control_plane.kubectl("apply", "-f", str(EXAMPLE))
     assert "dynamicmemorypolicy.dynamicmemory.io/databases created" in applied.stdout
     table = control_plane.kubectl("get", "dmp", "-n", "prod").stdout.splitlines()
@@ -53,7 +53,7 @@ def _policy(name: str, **spec: object) -> str:
     ("in-without-values", {"selector": {"matchExpressions": [{"key": "a", "operator": "In"}]}},
      "operators In and NotIn need at least one value"),
 ])
-def test_invalid_policies_are_refused_with_a_clear_message(control_plane: ControlPlane, name: str,
+def test_invalid_policies_are_refused_with_a_clear_message(control_plane: Cluster, name: str,
                                                            spec: dict[str, object], words: str) -> None:
     out = control_plane.kubectl("apply", "-f", "-", stdin=_policy(name, **spec), check=False)
     assert out.returncode != 0

@@ -10,24 +10,24 @@ from typing import Any
 
 import yaml
 
-from tests.e2e.controlplane.cluster import ControlPlane
+from tests.e2e.controlplane.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "kubevirt-dynamic-memory"
 NS = "kubevirt-dynamic-memory"
 
 
-def helm(cp: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
+def helm(cp: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(cp.bin / "helm"), *args], capture_output=True, text=True, timeout=60, check=False)
 
 
-def test_helm_lint_is_clean(control_plane: ControlPlane) -> None:
+def test_helm_lint_is_clean(control_plane: Cluster) -> None:
     out = helm(control_plane, "lint", "--strict", str(CHART))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "[WARNING]" not in out.stdout and "[ERROR]" not in out.stdout
 
 
-def test_manifests_are_what_the_chart_renders(control_plane: ControlPlane) -> None:
+def test_manifests_are_what_the_chart_renders(control_plane: Cluster) -> None:
     out = helm(control_plane, "template", "kubevirt-dynamic-memory", str(CHART), "--namespace", NS,
                "--kube-version", "v1.34.4")
     assert out.returncode == 0, out.stderr
@@ -36,8 +36,9 @@ def test_manifests_are_what_the_chart_renders(control_plane: ControlPlane) -> No
     assert rendered == committed, "deploy/manifests drifted from the chart: run deploy/render.sh"
 
 
-def test_chart_and_manifests_apply_server_side(control_plane: ControlPlane) -> None:
-    applied = control_plane.kubectl("apply", "--server-side", "-k", str(ROOT / "deploy" / "manifests"))
+def test_chart_and_manifests_apply_server_side(control_plane: Cluster) -> None:
+    applied = control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-k",
+                                    str(ROOT / "deploy" / "manifests"))
     assert "deployment.apps/kubevirt-dynamic-memory serverside-applied" in applied.stdout
     dry = helm(control_plane, "template", "kubevirt-dynamic-memory", str(CHART), "--namespace", NS,
                "--kube-version", "v1.34.4")
@@ -45,7 +46,7 @@ def test_chart_and_manifests_apply_server_side(control_plane: ControlPlane) -> N
     assert "serverside-applied (server dry run)" in again.stdout
 
 
-def _operator_pod(cp: ControlPlane) -> dict[str, Any]:
+def _operator_pod(cp: Cluster) -> dict[str, Any]:
     deployment = json.loads(cp.kubectl("get", "deployment", "kubevirt-dynamic-memory", "-n", NS, "-o",
                                        "json").stdout)
     template = deployment["spec"]["template"]
@@ -54,8 +55,8 @@ def _operator_pod(cp: ControlPlane) -> dict[str, Any]:
             "spec": template["spec"]}
 
 
-def test_the_operator_pod_passes_restricted_and_a_weaker_one_does_not(control_plane: ControlPlane) -> None:
-    control_plane.kubectl("apply", "--server-side", "-k", str(ROOT / "deploy" / "manifests"))
+def test_the_operator_pod_passes_restricted_and_a_weaker_one_does_not(control_plane: Cluster) -> None:
+    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(ROOT / "deploy" / "manifests"))
     labels = json.loads(control_plane.kubectl("get", "namespace", NS, "-o", "json").stdout)["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
     pod = _operator_pod(control_plane)

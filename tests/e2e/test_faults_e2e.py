@@ -10,7 +10,7 @@ from kubernetes import client
 
 from dynamic_memory.quantity import GIB, parse_quantity
 from tests.e2e.conftest import Operator
-from tests.e2e.controlplane.cluster import ControlPlane
+from tests.e2e.controlplane.cluster import Cluster
 from tests.e2e.kube import custom
 from tests.e2e.prometheus import Prometheus
 from tests.e2e.standin.controller import KubeVirtStandIn
@@ -38,7 +38,7 @@ def reconciled(admin_api: client.ApiClient, ns: str) -> bool:
     return (condition(policy_status(admin_api, ns), "Ready") or {}).get("reason") == "Reconciled"
 
 
-def decided_vm(control_plane: ControlPlane, admin_api: client.ApiClient, kubevirt: KubeVirtStandIn,
+def decided_vm(control_plane: Cluster, admin_api: client.ApiClient, kubevirt: KubeVirtStandIn,
                ns: str) -> None:
     """A namespace with the default policy and one VM (demand 1Gi) the operator has decided on."""
     setup_namespace(control_plane, ns)
@@ -51,7 +51,7 @@ def grows(admin_api: client.ApiClient, ns: str) -> int:
     return sum(1 for r in resizes(vm(admin_api, ns, "db")) if r.endswith("Grow"))
 
 
-def test_prometheus_stopped_shrinks_nothing_and_says_so(control_plane: ControlPlane, admin_api: client.ApiClient,
+def test_prometheus_stopped_shrinks_nothing_and_says_so(control_plane: Cluster, admin_api: client.ApiClient,
                                                         kubevirt: KubeVirtStandIn, operator: Operator,
                                                         prometheus: Prometheus) -> None:
     ns = "blind"
@@ -76,7 +76,7 @@ def test_prometheus_stopped_shrinks_nothing_and_says_so(control_plane: ControlPl
          what="recovery")
 
 
-def test_operator_killed_mid_cycle_loses_and_repeats_nothing(control_plane: ControlPlane,
+def test_operator_killed_mid_cycle_loses_and_repeats_nothing(control_plane: Cluster,
                                                              admin_api: client.ApiClient,
                                                              kubevirt: KubeVirtStandIn, operator: Operator) -> None:
     ns = "crash"
@@ -96,7 +96,7 @@ def test_operator_killed_mid_cycle_loses_and_repeats_nothing(control_plane: Cont
     assert grows(admin_api, ns) == 1
 
 
-def test_conflicting_writes_are_retried_and_nothing_is_lost(control_plane: ControlPlane,
+def test_conflicting_writes_are_retried_and_nothing_is_lost(control_plane: Cluster,
                                                             admin_api: client.ApiClient,
                                                             kubevirt: KubeVirtStandIn, operator: Operator) -> None:
     ns = "race"
@@ -127,7 +127,7 @@ def test_conflicting_writes_are_retried_and_nothing_is_lost(control_plane: Contr
     assert "dynamicmemory.io/reason" in final["metadata"]["annotations"]
 
 
-def test_failing_migrations_are_shown_and_not_repatched(control_plane: ControlPlane, admin_api: client.ApiClient,
+def test_failing_migrations_are_shown_and_not_repatched(control_plane: Cluster, admin_api: client.ApiClient,
                                                         kubevirt: KubeVirtStandIn, operator: Operator) -> None:
     ns = "flaky"
     setup_namespace(control_plane, ns)
@@ -146,7 +146,7 @@ def test_failing_migrations_are_shown_and_not_repatched(control_plane: ControlPl
     assert any("migration failed" in line for line in kubevirt.log)
 
 
-def test_a_vm_deleted_while_selected_causes_no_error_loop(control_plane: ControlPlane, admin_api: client.ApiClient,
+def test_a_vm_deleted_while_selected_causes_no_error_loop(control_plane: Cluster, admin_api: client.ApiClient,
                                                           kubevirt: KubeVirtStandIn, operator: Operator) -> None:
     ns = "gone"
     setup_namespace(control_plane, ns)

@@ -10,12 +10,13 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from kubernetes import client
 
 from dynamic_memory.quantity import GIB
 from tests.e2e.conftest import Operator
-from tests.e2e.controlplane.cluster import ControlPlane
+from tests.e2e.controlplane.cluster import Cluster
 from tests.e2e.standin.controller import KubeVirtStandIn
 from tests.e2e.test_operator_e2e import create_vm, guest, setup_namespace, vm, wait
 
@@ -42,8 +43,10 @@ def used(audit_log: Path) -> set[tuple[str, str, str]]:
     return out
 
 
-def test_every_granted_permission_is_used(control_plane: ControlPlane, admin_api: client.ApiClient,
+def test_every_granted_permission_is_used(control_plane: Cluster, admin_api: client.ApiClient,
                                           kubevirt: KubeVirtStandIn, operator: Operator) -> None:
+    if control_plane.audit_log is None:
+        pytest.skip("needs the API server's audit log (our control plane keeps one)")
     ns = "rbac"
     setup_namespace(control_plane, ns)
     kubevirt.set_demand(f"{ns}/db", 3 * GIB)

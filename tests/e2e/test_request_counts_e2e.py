@@ -10,7 +10,7 @@ from kubernetes import client
 
 from dynamic_memory.quantity import GIB
 from tests.e2e.conftest import Operator
-from tests.e2e.controlplane.cluster import ControlPlane
+from tests.e2e.controlplane.cluster import Cluster
 from tests.e2e.kube import core
 from tests.e2e.prometheus import Prometheus
 from tests.e2e.standin.controller import KubeVirtStandIn
@@ -28,7 +28,7 @@ def sample(text: str, name: str, *must: str) -> float:
     return total
 
 
-def test_steady_state_costs_constant_queries_and_no_lists(control_plane: ControlPlane, admin_api: client.ApiClient,
+def test_steady_state_costs_constant_queries_and_no_lists(control_plane: Cluster, admin_api: client.ApiClient,
                                                           kubevirt: KubeVirtStandIn, operator: Operator,
                                                           prometheus: Prometheus) -> None:
     ns = "scale"

@@ -139,3 +139,15 @@ def test_held_patch_shows_a_hold_once_and_clears_it_once() -> None:
     assert held_patch(vm(annotations={HELD: "migration failed"}), held) is None
     assert held_patch(vm(annotations={HELD: "migration failed"}), None) == {"metadata": {"annotations": {HELD: None}}}
     assert held_patch(vm(), None) is None
+
+
+def test_mode_cap_limits_what_any_policy_does() -> None:
+    import pytest
+
+    from dynamic_memory.config import OperatorConfig
+
+    cap = OperatorConfig.from_env({"DM_MODE_CAP": "Recommend"})
+    assert [cap.effective_mode(m) for m in ("Auto", "Recommend", "Off")] == ["Recommend", "Recommend", "Off"]
+    assert OperatorConfig.from_env({}).effective_mode("Auto") == "Auto"
+    with pytest.raises(ValueError, match="must be Off, Recommend or Auto"):
+        OperatorConfig.from_env({"DM_MODE_CAP": "Yolo"})

@@ -25,7 +25,69 @@ def binaries() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-class ControlPlane:
+class Cluster:
+    """What the tests need of a cluster: kubectl, raw GETs, kubeconfigs for other identities."""
+
+    bin: Path
+    url: str
+    kubeconfig: Path
+    audit_log: Path | None = None
+
+    def kubectl(self, *args: str, stdin: str | None = None, kubeconfig: Path | None = None,
+                check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Real kubectl against this cluster."""
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig or self.kubeconfig)}
+        return subprocess.run([str(self.bin / "kubectl"), *args], input=stdin, capture_output=True, text=True,
+                              env=env, check=check, timeout=60)
+
+    def get(self, path: str, *, raw: bool = False) -> Any:
+        """GET from the API server (JSON, or raw bytes)."""
+        raise NotImplementedError
+
+    def ensure_namespace(self, name: str) -> None:
+        """Create a namespace unless it exists (an existing cluster may have it already)."""
+        manifest = json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        self.kubectl("apply", "-f", "-", stdin=manifest)
+
+    def write_kubeconfig(self, path: Path, token: str) -> Path:
+        """A kubeconfig that authenticates with `token`."""
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "e2e",
+            "clusters": [{"name": "e2e", "cluster": self._cluster_entry()}],
+            "users": [{"name": "e2e", "user": {"token": token}}],
+            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "e2e"}}]}))
+        return path
+
+    def _cluster_entry(self) -> dict[str, Any]:
+        return {"server": self.url, "insecure-skip-tls-verify": True}
+
+    def stop(self) -> None:
+        """Nothing to stop by default."""
+
+
+class ExistingCluster(Cluster):
+    """A cluster the user gives (DM_E2E_KUBECONFIG), e.g. kind with real KubeVirt: nothing started."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        import yaml
+
+        self.bin = binaries()
+        self.kubeconfig = kubeconfig
+        cfg = yaml.safe_load(kubeconfig.read_text())
+        context = next(c["context"] for c in cfg["contexts"] if c["name"] == cfg["current-context"])
+        self._entry = dict(next(c["cluster"] for c in cfg["clusters"] if c["name"] == context["cluster"]))
+        self.url = self._entry["server"]
+
+    def _cluster_entry(self) -> dict[str, Any]:
+        return self._entry
+
+    def get(self, path: str, *, raw: bool = False) -> Any:
+        """GET through kubectl (the user's credentials)."""
+        out = self.kubectl("get", "--raw", path).stdout
+        return out.encode() if raw else json.loads(out)
+
+
+class ControlPlane(Cluster):
     """etcd + kube-apiserver processes; stop() ends both."""
 
     def __init__(self, workdir: Path) -> None:
@@ -91,22 +153,6 @@ class ControlPlane:
         with urllib.request.urlopen(request, timeout=5, context=context) as response:
             body = response.read()
         return body if raw else json.loads(body)
-
-    def write_kubeconfig(self, path: Path, token: str) -> Path:
-        """A kubeconfig that authenticates with `token`."""
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "e2e",
-            "clusters": [{"name": "e2e", "cluster": {"server": self.url, "insecure-skip-tls-verify": True}}],
-            "users": [{"name": "e2e", "user": {"token": token}}],
-            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "e2e"}}]}))
-        return path
-
-    def kubectl(self, *args: str, stdin: str | None = None, kubeconfig: Path | None = None,
-                check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Real kubectl against this API server."""
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig or self.kubeconfig)}
-        return subprocess.run([str(self.bin / "kubectl"), *args], input=stdin, capture_output=True, text=True,
-                              env=env, check=check, timeout=60)
 
     def stop(self) -> None:
         """End kube-apiserver, then etcd."""
