@@ -7,14 +7,18 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from dynamic_memory.model import PolicyParams
 from dynamic_memory.quantity import GIB
 
+if TYPE_CHECKING:
+    from dynamic_memory.policy.engine import Policy
+
 POLICY_NAMES = ("dynamic-memory", "static", "hyperv", "proxmox", "vpa")
 
 
-def _policy(name: str, step_s: float) -> object:
+def _policy(name: str, step_s: float) -> Policy:
     from dynamic_memory.sim.report import policies
 
     return {p.name: p for p in policies(step_s)}[name]
@@ -32,13 +36,12 @@ def cmd_crd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_scenario(report: dict[str, object], out_dir: Path) -> None:
+def _print_scenario(report: dict[str, Any], out_dir: Path) -> None:
     from dynamic_memory.sim.report import table
 
     print(f"\n## {report['scenario']}: {report['description']}")
-    print(table(report["policies"]))  # type: ignore[arg-type]
+    print(table(report["policies"]))
     decisions = report["decisions"]
-    assert isinstance(decisions, list)
     if decisions:
         print("\nfirst decisions of dynamic-memory:")
         for line in decisions[:6]:
@@ -97,8 +100,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     params = replace(PolicyParams(startup=0, minimum=0, maximum=2**62), buffer_percent=args.buffer)
     names = POLICY_NAMES if args.policy == "all" else (args.policy,)
     progress = sys.stderr.isatty() and not args.json
-    results = [replay(traces, _policy(n, SLOT_S), params, progress=progress).as_dict()  # type: ignore[arg-type]
-               for n in names]
+    results = [replay(traces, _policy(n, SLOT_S), params, progress=progress).as_dict() for n in names]
     if args.policy == "all":
         results.append(replay_oracle(traces).as_dict())
     if args.json:

@@ -16,8 +16,8 @@ from typing import Any
 
 from dynamic_memory.api import PolicySpec
 from dynamic_memory.model import Decision, DemandSignal
-from dynamic_memory.policy.engine import DynamicMemory, Entry
-from dynamic_memory.quantity import parse_quantity
+from dynamic_memory.policy.engine import DynamicMemory, Entry, SignalSpec
+from dynamic_memory.quantity import parse_duration, parse_quantity
 from dynamic_memory.sources.kubevirt import balloon_disabled, key_of, vm_state
 from dynamic_memory.sources.prometheus import Group, MetricsView
 
@@ -81,9 +81,7 @@ class PolicyPass:
 def metrics_groups(policies: Mapping[str, PolicySpec], running: Mapping[str, Sequence[str]]) -> dict[Group, list[str]]:
     """Prometheus query groups for all policies: one per distinct windows and metric settings, whatever the
     number of policies or VMs. `running` maps policy key → its running VMs' keys."""
-    from dynamic_memory.quantity import parse_duration
-
-    groups: dict[tuple[object, ...], tuple[set[str], list[str]]] = {}
+    groups: dict[tuple[SignalSpec, MetricsView], tuple[set[str], list[str]]] = {}
     for key, spec in policies.items():
         m = spec.metrics
         view = MetricsView(m.nameLabel, m.namespaceLabel, m.matchers, parse_duration(m.staleAfter))
@@ -91,7 +89,7 @@ def metrics_groups(policies: Mapping[str, PolicySpec], running: Mapping[str, Seq
         namespaces, vms = groups.setdefault((signal, view), (set(), []))
         namespaces.add(key.split("/", 1)[0])
         vms.extend(running.get(key, ()))
-    return {Group(sig, view, frozenset(ns)): vms for (sig, view), (ns, vms) in groups.items()}  # type: ignore[arg-type]
+    return {Group(sig, view, frozenset(ns)): vms for (sig, view), (ns, vms) in groups.items()}
 
 
 def selected(spec: PolicySpec, vms: Mapping[str, Obj]) -> list[str]:
