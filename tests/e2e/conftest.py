@@ -16,7 +16,7 @@ from kubernetes import client, config
 
 from tests.e2e.controlplane.cluster import Cluster, ControlPlane, ExistingCluster
 from tests.e2e.kube import core
-from tests.e2e.prometheus import Prometheus, free_port
+from tests.e2e.prometheus import Prometheus, end_process, free_port, metric_sum
 from tests.e2e.standin.controller import KubeVirtStandIn
 from tests.e2e.standin.metrics import GuestMetrics
 
@@ -107,18 +107,13 @@ class Operator:
 
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
             text = response.read().decode()
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith(name + " ") or line.startswith(name + "{"))
+        return metric_sum(text, name)
 
     def output(self) -> str:
         return self.log_path.read_text()
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        end_process(self.process, 15)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,21 @@ from pathlib import Path
 from typing import Any
 
 
+def end_process(process: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
+    """Terminate, and kill what does not exit in time."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def metric_sum(text: str, name: str, *must: str) -> float:
+    """Sum of a metric's samples in Prometheus' text format whose lines contain every `must` string."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if (line.startswith(name + " ") or line.startswith(name + "{")) and all(m in line for m in must))
+
+
 def free_port() -> int:
     """A TCP port nobody listens on now (on 127.0.0.1)."""
     with socket.socket() as s:
@@ -78,9 +93,5 @@ class Prometheus:
 
     def stop(self) -> None:
         """End the process."""
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        end_process(self.process)
         self.log.close()

@@ -12,20 +12,11 @@ from dynamic_memory.quantity import GIB
 from tests.e2e.conftest import Operator
 from tests.e2e.controlplane.cluster import Cluster
 from tests.e2e.kube import core
-from tests.e2e.prometheus import Prometheus
+from tests.e2e.prometheus import Prometheus, metric_sum
 from tests.e2e.standin.controller import KubeVirtStandIn
 from tests.e2e.test_operator_e2e import create_vm, policy_status, setup_namespace, wait
 
 VMS = 200
-
-
-def sample(text: str, name: str, *must: str) -> float:
-    """Sum of a metric's samples whose labels contain every `must` string."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(m in line for m in must):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_steady_state_costs_constant_queries_and_no_lists(control_plane: Cluster, admin_api: client.ApiClient,
@@ -61,12 +52,12 @@ def test_steady_state_costs_constant_queries_and_no_lists(control_plane: Cluster
         kubevirt.paused.clear()
     passes = passes1 - passes0
     assert passes >= 3, f"only {passes} passes in 21 s"
-    lists = sample(api1, "apiserver_request_total", 'verb="LIST"') - sample(api0, "apiserver_request_total",
+    lists = metric_sum(api1, "apiserver_request_total", 'verb="LIST"') - metric_sum(api0, "apiserver_request_total",
                                                                             'verb="LIST"')
-    vm_patches = (sample(api1, "apiserver_request_total", 'verb="PATCH"', 'resource="virtualmachines"')
-                  - sample(api0, "apiserver_request_total", 'verb="PATCH"', 'resource="virtualmachines"'))
-    queries = (sample(prom1, "prometheus_http_requests_total", 'handler="/api/v1/query"')
-               - sample(prom0, "prometheus_http_requests_total", 'handler="/api/v1/query"'))
+    vm_patches = (metric_sum(api1, "apiserver_request_total", 'verb="PATCH"', 'resource="virtualmachines"')
+                  - metric_sum(api0, "apiserver_request_total", 'verb="PATCH"', 'resource="virtualmachines"'))
+    queries = (metric_sum(prom1, "prometheus_http_requests_total", 'handler="/api/v1/query"')
+               - metric_sum(prom0, "prometheus_http_requests_total", 'handler="/api/v1/query"'))
     per_pass = queries / passes
     print(f"{passes:.0f} passes: {lists:.0f} LIST, {vm_patches:.0f} VM PATCH, {queries:.0f} PromQL queries "
           f"({per_pass:.1f} a pass; the operator counted {(sent1 - sent0) / passes:.1f})")

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.prometheus import free_port
+from tests.e2e.prometheus import end_process, free_port
 
 BUILD = Path(__file__).resolve().parent / "build.sh"
 ADMIN_TOKEN = "dm-e2e-admin-token"
@@ -157,8 +157,4 @@ class ControlPlane(Cluster):
     def stop(self) -> None:
         """End kube-apiserver, then etcd."""
         for p in reversed(self.processes):
-            p.terminate()
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            end_process(p, 15)
