@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 
 from dynamic_memory.model import Action, Decision, PolicyParams, Why
 from dynamic_memory.policy.budget import water_fill
@@ -40,7 +39,7 @@ class Static:
         for e in entries:
             ceiling = live_bounds(e.vm, e.params)[1]
             d = _set(e, ceiling, "static allocation")
-            out.append(replace(d, limited="bounds") if d.changes else d)
+            out.append(d._replace(limited="bounds") if d.changes else d)
         return out
 
 

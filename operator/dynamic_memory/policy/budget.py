@@ -7,9 +7,9 @@ buffers get what is left, again by weight. Never plan past the room.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from dynamic_memory.model import Action, Bytes, Decision, Why
+from dynamic_memory.model import Action, Decision, Why
 from dynamic_memory.quantity import align_down
 
 
@@ -125,11 +125,10 @@ def fit_to_room(decisions: Sequence[Decision], claims: Sequence[Claim], room: in
             continue
         action = Action.GROW if got > d.current else Action.SHRINK if got < d.current else Action.HOLD
         if short:
-            note = Why("CapacityLimited", "capped by node room {room} (weight {weight} of {total}) → {got}",
-                       (("room", Bytes(room)), ("weight", weights[d.key]), ("total", total_weight),
-                        ("got", Bytes(got))))
+            note = Why("CapacityLimited", "capped by node room {room:B} (weight {weight} of {total}) → {got:B}",
+                       {"room": room, "weight": weights[d.key], "total": total_weight, "got": got})
         else:
-            note = Why("WaitingForRoom", "waiting for memory other VMs are releasing: {got} for now",
-                       (("got", Bytes(got)),))
-        out.append(replace(d, target=got, action=action, notes=(*d.notes, note), limited="room"))
+            note = Why("WaitingForRoom", "waiting for memory other VMs are releasing: {got:B} for now",
+                       {"got": got})
+        out.append(d._replace(target=got, action=action, notes=(*d.notes, note), limited="room"))
     return out

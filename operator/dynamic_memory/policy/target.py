@@ -12,7 +12,9 @@ The steps, each small enough to test on its own:
 
 from __future__ import annotations
 
-from dynamic_memory.model import Action, Bytes, Decision, DemandSignal, PolicyParams, VMState, Why
+from collections.abc import Mapping
+
+from dynamic_memory.model import Action, Decision, DemandSignal, PolicyParams, VMState, Why
 from dynamic_memory.quantity import align_up
 
 SHORTFALL_BUMP_PERCENT = 10
@@ -41,8 +43,9 @@ def with_buffer(demand: int, params: PolicyParams, doublings: int = 0) -> int:
     `doublings` doubles the buffer that many times: a VM that already grew this hour outran its
     last buffer, so the next one is twice as large (fewer, larger migrations while demand climbs).
     """
-    scale = 1 << min(doublings, 6)
-    return max(demand + demand * params.buffer_percent * scale // 100, demand + params.minimum_buffer * scale)
+    scale = 1 << min(doublings, 6) if doublings else 1
+    percent, minimum = demand * params.buffer_percent * scale // 100, params.minimum_buffer * scale
+    return demand + (percent if percent > minimum else minimum)
 
 
 def live_bounds(vm: VMState, params: PolicyParams) -> tuple[int, int]:
@@ -51,14 +54,15 @@ def live_bounds(vm: VMState, params: PolicyParams) -> tuple[int, int]:
     KubeVirt cannot unplug below guestAtBoot or plug above maxGuest; a VM that booted above the
     policy's maximum stays where it is (floor wins).
     """
-    floor = max(params.minimum, vm.guest_at_boot)
-    ceiling = min(params.maximum, vm.max_guest)
-    return floor, max(floor, ceiling)
+    floor = params.minimum if params.minimum > vm.guest_at_boot else vm.guest_at_boot
+    ceiling = params.maximum if params.maximum < vm.max_guest else vm.max_guest
+    return floor, ceiling if ceiling > floor else floor
 
 
 def fit(value: int, floor: int, ceiling: int, alignment: int) -> int:
     """Round up to the hotplug block, then keep within bounds (bounds win: they are aligned in KubeVirt)."""
-    return min(max(align_up(value, alignment), floor), ceiling)
+    value = align_up(value, alignment)
+    return ceiling if value >= ceiling else floor if value <= floor else value
 
 
 def _hold(vm: VMState, why: Why, *, demand: int | None = None, wanted: int | None = None,
@@ -73,16 +77,27 @@ def _move(vm: VMState, target: int, why: Why, demand: int | None, limited: str |
                     demand=demand, wanted=target, limited=limited)
 
 
-_SIZING = "{what} {demand}{bump} + {buffer}% buffer{doubled} (at least {min_buffer}) → {desired}"
+def _sizing(code: str, what: str, demand: int, params: PolicyParams, desired: int, then: str = "",
+            more: Mapping[str, object] | None = None, *, bump: bool = False, doublings: int = 0) -> Why:
+    """The words of a sizing: demand (+ bump) + buffer (× doublings) → desired, then `then` with `more`.
+    Built for every VM on every pass and read for few: only the template is assembled here."""
+    scale = 1 << min(doublings, 6) if doublings else 1
+    key = (bump, doublings > 0, then)
+    template = _TEMPLATES.get(key)
+    if template is None:
+        template = _TEMPLATES[key] = ("{what} {demand:B}" + (_BUMP if bump else "") + " + {buffer}% buffer"
+                                      + (" ×{scale} (grew {doublings}× this hour)" if doublings else "")
+                                      + " (at least {min_buffer:B}) → {desired:B}" + then)
+    values = {"what": what, "demand": demand, "buffer": params.buffer_percent, "scale": scale,
+              "doublings": doublings, "min_buffer": params.minimum_buffer * scale, "desired": desired}
+    if more:
+        values.update(more)
+    return Why(code, template, values)
 
 
-def _sizing(code: str, what: str, demand: int, params: PolicyParams, desired: int, then: str = "", *,
-            bump: bool = False, doublings: int = 0, **more: object) -> Why:
-    values = {"what": what, "demand": Bytes(demand), "buffer": params.buffer_percent,
-              "bump": f" +{SHORTFALL_BUMP_PERCENT}% (it ran short)" if bump else "",
-              "doubled": f" ×{1 << min(doublings, 6)} (grew {doublings}× this hour)" if doublings else "",
-              "min_buffer": Bytes(params.minimum_buffer << min(doublings, 6)), "desired": Bytes(desired), **more}
-    return Why(code, _SIZING + then, tuple(values.items()))
+_BUMP = f" +{SHORTFALL_BUMP_PERCENT}% (it ran short)"
+_TEMPLATES: dict[tuple[bool, bool, str], str] = {}
+"""Sizing templates by (bump, doubled, then): a handful, built once."""
 
 
 def decide(vm: VMState, signal: DemandSignal, params: PolicyParams, now: float) -> Decision:
@@ -91,13 +106,13 @@ def decide(vm: VMState, signal: DemandSignal, params: PolicyParams, now: float) 
     current = vm.assigned
     latest, peak = demand_with_pressure(signal, current)
     if vm.blocked:  # its demand is still known: the status shows it
-        return _hold(vm, Why("Blocked", "not resizable now: {why}", (("why", vm.blocked),)),
+        return _hold(vm, Why("Blocked", "not resizable now: {why}", {"why": vm.blocked}),
                      demand=peak if peak is not None else latest, limited="blocked")
 
     if not floor <= current <= ceiling:
         target = fit(current, floor, ceiling, params.alignment)
-        why = Why("OutOfBounds", "{current} is outside {floor}..{ceiling}",
-                  (("current", Bytes(current)), ("floor", Bytes(floor)), ("ceiling", Bytes(ceiling))))
+        why = Why("OutOfBounds", "{current:B} is outside {floor:B}..{ceiling:B}",
+                  {"current": current, "floor": floor, "ceiling": ceiling})
         return _move(vm, target, why, peak, limited="bounds")
 
     if latest is None:
@@ -112,19 +127,20 @@ def decide(vm: VMState, signal: DemandSignal, params: PolicyParams, now: float) 
         n = vm.grows_last_hour
         if n >= params.scale_up.max_per_hour:
             why = _sizing("GrowRateLimited", what, up_base, params, grow_to,
-                          "; waiting: {n} grows in the last hour (scaleUp.maxPerHour)", bump=short, doublings=n, n=n)
+                          "; waiting: {n} grows in the last hour (scaleUp.maxPerHour)", {"n": n},
+                          bump=short, doublings=n)
             return _hold(vm, why, demand=up_base, wanted=grow_to, limited="rate")
         why = _sizing("DemandRose", what, up_base, params, grow_to, bump=short, doublings=n)
         return _move(vm, grow_to, why, up_base)
 
     if peak is None:
-        return _hold(vm, Why("NoPeakYet", "demand {latest}; no peak over the scale-down window yet",
-                             (("latest", Bytes(latest)),)), demand=latest)
+        return _hold(vm, Why("NoPeakYet", "demand {latest:B}; no peak over the scale-down window yet",
+                             {"latest": latest}), demand=latest)
     desired = fit(with_buffer(peak, params), floor, ceiling, params.alignment)
     step = params.scale_down.step(current)
     if current - desired < step:
         why = _sizing("Steady", "peak demand", peak, params, desired,
-                      "; within {step} of {current}: not worth a migration", step=Bytes(step), current=Bytes(current))
+                      "; within {step:B} of {current:B}: not worth a migration", {"step": step, "current": current})
         return _hold(vm, why, demand=peak)
     if not signal.enough_history:
         why = _sizing("WarmingUp", "peak demand", peak, params, desired,
@@ -134,10 +150,10 @@ def decide(vm: VMState, signal: DemandSignal, params: PolicyParams, now: float) 
     if vm.last_grow is not None and now - vm.last_grow < window:
         why = _sizing("ShrinkWaiting", "peak demand", peak, params, desired,
                       "; grew too recently ({left:.0f} min of the scale-down window left)",
-                      left=(window - (now - vm.last_grow)) / 60)
+                      {"left": (window - (now - vm.last_grow)) / 60})
         return _hold(vm, why, demand=peak, limited="rate")
     if vm.shrinks_last_hour >= params.scale_down.max_per_hour:
         why = _sizing("ShrinkRateLimited", "peak demand", peak, params, desired,
-                      "; waiting: {n} shrinks in the last hour (scaleDown.maxPerHour)", n=vm.shrinks_last_hour)
+                      "; waiting: {n} shrinks in the last hour (scaleDown.maxPerHour)", {"n": vm.shrinks_last_hour})
         return _hold(vm, why, demand=peak, limited="rate")
     return _move(vm, desired, _sizing("DemandFell", "peak demand", peak, params, desired), peak)

@@ -1,0 +1,89 @@
+"""Engine scale: one decision pass (every VM's target, then every node's budget) over a fleet.
+
+The fleet is synthetic but shaped like the replayed month: most VMs steady, some growing, some
+due to shrink, a few busy with KubeVirt or without metrics, and one node in ten short of room so
+the budget's shortage path runs too. The same pure `plan` the operator and the simulator call.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import random
+from typing import Any
+
+from benchmarks.common import median, say, timed, write_json
+from dynamic_memory.model import DemandSignal, PolicyParams, VMState
+from dynamic_memory.policy.engine import Entry, plan
+from dynamic_memory.quantity import GIB, MIB
+
+SIZES = ((1_000, 50), (10_000, 500), (100_000, 5_000))
+NOW = 1_800_000_000.0
+
+
+def fleet(vms: int, nodes: int, seed: int = 6) -> tuple[list[Entry], dict[str, int | None]]:
+    """`vms` running VMs spread over `nodes` nodes, and each node's room."""
+    rng = random.Random(seed)
+    params = [PolicyParams(startup=2 * GIB, minimum=2 * GIB, maximum=32 * GIB, weight=w) for w in (1000, 5000, 9000)]
+    entries, held = [], [0] * nodes
+    for i in range(vms):
+        node = i % nodes
+        assigned = rng.choice((2, 3, 4, 6, 8, 12, 16)) * GIB
+        kind = rng.random()
+        if kind < 0.70:  # steady: sized for its demand plus the buffer a while ago
+            demand = int(min(assigned / 1.2, assigned - GIB) * rng.uniform(0.85, 1.0))
+        elif kind < 0.85:  # grew out of its buffer
+            demand = int(assigned * rng.uniform(0.9, 1.3))
+        elif kind < 0.95:  # due to shrink
+            demand = int(assigned * rng.uniform(0.05, 0.2))
+        else:
+            demand = -1  # no metrics
+        signal = (DemandSignal(None, None, False) if demand < 0 else
+                  DemandSignal(demand, int(demand * rng.uniform(1.0, 1.2)), True, demand > assigned))
+        vm = VMState(f"ns-{i % 97}/vm-{i}", f"node-{node}", assigned, 2 * GIB, 4 * assigned, 200 * MIB,
+                     last_grow=NOW - rng.uniform(0, 86400) if rng.random() < 0.3 else None,
+                     blocked="migrating" if rng.random() < 0.01 else None)
+        entries.append(Entry(vm, signal, params[i % 3]))
+        held[node] += assigned
+    rooms: dict[str, int | None] = {f"node-{n}": int(held[n] * (0.95 if n % 10 == 0 else 1.6)) for n in range(nodes)}
+    return entries, rooms
+
+
+def profile(entries: list[Entry], rooms: dict[str, int | None], top: int = 12) -> str:
+    """Where one pass spends its time (cumulative, the top functions)."""
+    profiler = cProfile.Profile()
+    profiler.runcall(plan, entries, rooms, NOW)
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Median pass time at each size; the 10k target and the linearity ratio."""
+    sizes: dict[str, Any] = {}
+    for vms, nodes in SIZES:
+        entries, rooms = fleet(vms, nodes)
+        repeat = (3 if quick else 7) if vms >= 100_000 else (7 if quick else 21)
+        plan(entries, rooms, NOW)  # warm up
+        times = timed(lambda e=entries, r=rooms: plan(e, r, NOW), repeat)  # type: ignore[misc]
+        decisions = plan(entries, rooms, NOW)
+        changed = sum(d.changes for d in decisions)
+        limited = sum(d.limited == "room" for d in decisions)
+        sizes[str(vms)] = {"vms": vms, "nodes": nodes, "median_ms": median(times) * 1000,
+                           "min_ms": min(times) * 1000, "repeat": repeat, "changed": changed, "room_limited": limited,
+                           "us_per_vm": median(times) / vms * 1e6}
+        say(f"engine: {vms:>7,} VMs on {nodes:>5,} nodes: {median(times) * 1000:8.1f} ms median of {repeat} "
+            f"({median(times) / vms * 1e6:.2f} µs a VM; {changed:,} resizes, {limited:,} capped by room)")
+    ratio = sizes["100000"]["median_ms"] / sizes["10000"]["median_ms"]
+    entries, rooms = fleet(10_000, 500)
+    prof = profile(entries, rooms)
+    result = {"sizes": sizes, "engine_10k_ms": sizes["10000"]["median_ms"], "engine_100k_over_10k": ratio,
+              "targets": {"engine_10k_ms": "< 50", "engine_100k_over_10k": "<= 11"}, "profile_10k": prof}
+    say(f"engine: 10k pass {result['engine_10k_ms']:.1f} ms (target < 50 ms); 100k/10k = {ratio:.2f} (target ≤ 11)")
+    write_json("engine_scale", result)
+    return result
+
+
+if __name__ == "__main__":
+    run()
