@@ -40,21 +40,21 @@ def wait_until(check: object, timeout_s: float = 20) -> None:
 
 
 def test_demand_peak_and_history(prometheus: Prometheus, guest_metrics: GuestMetrics) -> None:
-    guest_metrics.set("peak", "a", available=8 * GIB, demand=2 * GIB)
-    guest_metrics.set("peak", "b", available=8 * GIB, demand=3 * GIB)
-    prometheus.wait_for('kubevirt_vmi_memory_available_bytes{namespace="peak"}')
-    src, g = source(prometheus), group("peak")
-    keys = {"peak/a", "peak/b", "peak/missing"}
+    guest_metrics.set("team-peak", "a", available=8 * GIB, demand=2 * GIB)
+    guest_metrics.set("team-peak", "b", available=8 * GIB, demand=3 * GIB)
+    prometheus.wait_for('kubevirt_vmi_memory_available_bytes{namespace="team-peak"}')
+    src, g = source(prometheus), group("team-peak")
+    keys = {"team-peak/a", "team-peak/b", "team-peak/missing"}
     first = src.signals({g: keys}, time.time())
-    assert first["peak/a"].latest == 2 * GIB and first["peak/b"].latest == 3 * GIB
-    assert first["peak/missing"].latest is None  # never seen: unknown, not zero
-    guest_metrics.set("peak", "a", available=8 * GIB, demand=5 * GIB)
-    wait_until(lambda: src.signals({g: keys}, time.time())["peak/a"].latest == 5 * GIB)
-    guest_metrics.set("peak", "a", available=8 * GIB, demand=GIB)
-    wait_until(lambda: src.signals({g: keys}, time.time())["peak/a"].latest == GIB)
-    after = src.signals({g: keys}, time.time())["peak/a"]
+    assert first["team-peak/a"].latest == 2 * GIB and first["team-peak/b"].latest == 3 * GIB
+    assert first["team-peak/missing"].latest is None  # never seen: unknown, not zero
+    guest_metrics.set("team-peak", "a", available=8 * GIB, demand=5 * GIB)
+    wait_until(lambda: src.signals({g: keys}, time.time())["team-peak/a"].latest == 5 * GIB)
+    guest_metrics.set("team-peak", "a", available=8 * GIB, demand=GIB)
+    wait_until(lambda: src.signals({g: keys}, time.time())["team-peak/a"].latest == GIB)
+    after = src.signals({g: keys}, time.time())["team-peak/a"]
     assert after.peak == 5 * GIB  # the spike is still in the window
-    wait_until(lambda: src.signals({g: keys}, time.time())["peak/a"].enough_history)
+    wait_until(lambda: src.signals({g: keys}, time.time())["team-peak/a"].enough_history)
 
 
 def test_stale_metrics_make_demand_unknown(prometheus: Prometheus, guest_metrics: GuestMetrics) -> None:

@@ -60,8 +60,17 @@ def _dur(seconds: float) -> str:
     return f"{max(1, math.ceil(seconds))}s"
 
 
+def regex_literal(values: Iterable[str]) -> str:
+    """An RE2 alternation matching exactly `values`, escaped for a PromQL double-quoted string.
+
+    re.escape turns "team-a" into team\\-a; RE2 accepts the escaped '-', but a PromQL string does
+    not know the escape "\\-", so every backslash is doubled for the string literal.
+    """
+    return "|".join(sorted(re.escape(v).replace("\\", "\\\\") for v in values))
+
+
 def _selector(metric: str, group: Group) -> str:
-    ns = "|".join(sorted(re.escape(n) for n in group.namespaces))
+    ns = regex_literal(group.namespaces)
     parts = [f'{group.view.namespace_label}=~"{ns}"'] + ([group.view.matchers] if group.view.matchers.strip() else [])
     return f"{metric}{{{', '.join(parts)}}}"
 
