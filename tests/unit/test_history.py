@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dynamic_memory.history import DemandHistory
 from dynamic_memory.policy.engine import SignalSpec
-from dynamic_memory.sim.history import DemandHistory
 
 samples = st.lists(st.tuples(st.integers(1, 50), st.integers(0, 10**6)), min_size=1, max_size=80)
 

@@ -12,10 +12,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from dynamic_memory.history import DemandHistory
 from dynamic_memory.model import KUBEVIRT_BLOCK, KUBEVIRT_MIN_GUEST, Action, PolicyParams, VMState
 from dynamic_memory.policy.engine import Entry, Policy
 from dynamic_memory.quantity import GIB, MIB
-from dynamic_memory.sim.history import DemandHistory
 
 DemandFn = Callable[[float], int]
 """Guest demand in bytes at a time in seconds."""

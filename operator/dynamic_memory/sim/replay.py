@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass, replace
 
 from tqdm import tqdm
 
+from dynamic_memory.history import DemandHistory
 from dynamic_memory.model import Action, PolicyParams, VMState
 from dynamic_memory.policy.engine import Entry, Policy
 from dynamic_memory.quantity import GIB
-from dynamic_memory.sim.history import DemandHistory
 from dynamic_memory.sim.traces import VMTrace
 
 SLOT_S = 300

@@ -15,9 +15,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Collection, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from dynamic_memory.history import WindowExtreme
 from dynamic_memory.model import DemandSignal
 from dynamic_memory.policy.engine import SignalSpec
 
@@ -69,18 +71,40 @@ def regex_literal(values: Iterable[str]) -> str:
     return "|".join(sorted(re.escape(v).replace("\\", "\\\\") for v in values))
 
 
-def _selector(metric: str, group: Group) -> str:
+def _selector(metric: str, group: Group, names: Collection[str] = ()) -> str:
     ns = regex_literal(group.namespaces)
     parts = [f'{group.view.namespace_label}=~"{ns}"'] + ([group.view.matchers] if group.view.matchers.strip() else [])
+    if names:
+        parts.append(f'{group.view.name_label}=~"{regex_literal(names)}"')
     return f"{metric}{{{', '.join(parts)}}}"
 
 
-def queries(group: Group, resolution_s: float = RESOLUTION_S) -> dict[str, str]:
-    """The PromQL of one group, by purpose. Every query returns one series per VM."""
+def _demand(group: Group, names: Collection[str] = ()) -> str:
     by = f"by ({group.view.namespace_label}, {group.view.name_label})"
-    avail, usable = _selector(AVAILABLE, group), _selector(USABLE, group)
-    demand = f"(max {by} ({avail}) - max {by} ({usable}))"
+    return f"(max {by} ({_selector(AVAILABLE, group, names)}) - max {by} ({_selector(USABLE, group, names)}))"
+
+
+def queries(group: Group, resolution_s: float = RESOLUTION_S) -> dict[str, str]:
+    """The PromQL of one group, by purpose, every window asked in full. Every query returns one
+    series per VM. The operator asks `pass_queries` each pass and the window once (`seed_queries`);
+    these are what a stateless reader would ask every time (the benchmarks compare the two)."""
+    by = f"by ({group.view.namespace_label}, {group.view.name_label})"
+    avail, demand = _selector(AVAILABLE, group), _demand(group)
     spec, step = group.spec, _dur(resolution_s)
+    out = pass_queries(group, resolution_s)
+    if spec.down_window_s > 0:
+        window = f"{demand}[{_dur(spec.down_window_s)}:{step}]"
+        out["peak"] = (f"max_over_time({window})" if spec.down_quantile >= 1.0
+                       else f"quantile_over_time({spec.down_quantile}, {window})")
+        history = min(spec.min_history_s, spec.down_window_s) or spec.down_window_s
+        out["since"] = f"min_over_time(max {by} (timestamp({avail}))[{_dur(history + resolution_s)}:{step}])"
+    return out
+
+
+def pass_queries(group: Group, resolution_s: float = RESOLUTION_S) -> dict[str, str]:
+    """What every pass asks: instant queries (and the scale-up window, short by design)."""
+    by = f"by ({group.view.namespace_label}, {group.view.name_label})"
+    avail, usable, demand = _selector(AVAILABLE, group), _selector(USABLE, group), _demand(group)
     out = {
         "latest": demand,
         "fresh": f"max {by} (timestamp({avail}))",
@@ -88,15 +112,96 @@ def queries(group: Group, resolution_s: float = RESOLUTION_S) -> dict[str, str]:
                      f"((max {by} (rate({_selector(MAJOR_FAULTS, group)}[2m])) > {MAJOR_FAULTS_PER_S}) or "
                      f"(max {by} (rate({_selector(SWAP_IN, group)}[2m])) > 0))"),
     }
-    if spec.down_window_s > 0:
-        window = f"{demand}[{_dur(spec.down_window_s)}:{step}]"
-        out["peak"] = (f"max_over_time({window})" if spec.down_quantile >= 1.0
-                       else f"quantile_over_time({spec.down_quantile}, {window})")
-        history = min(spec.min_history_s, spec.down_window_s) or spec.down_window_s
-        out["since"] = f"min_over_time(max {by} (timestamp({avail}))[{_dur(history + resolution_s)}:{step}])"
-    if spec.up_window_s > 0:
-        out["low"] = f"min_over_time({demand}[{_dur(spec.up_window_s)}:{step}])"
+    if group.spec.up_window_s > 0:
+        out["low"] = f"min_over_time({demand}[{_dur(group.spec.up_window_s)}:{_dur(resolution_s)}])"
     return out
+
+
+SEED_PIECES = 8
+"""The window is read once in this many pieces, so that its old peaks expire on time."""
+SEED_NAMES_MAX = 200
+"""Seed at most this many VMs by name; more (a restart) and the whole group is read."""
+
+
+def seed_pieces(window_s: float, resolution_s: float = RESOLUTION_S) -> list[float]:
+    """How far back each piece of the window ends (0 = now), each piece `piece_s` long."""
+    piece = max(resolution_s, math.ceil(window_s / SEED_PIECES))
+    return [k * piece for k in range(math.ceil(window_s / piece))]
+
+
+def seed_queries(group: Group, names: Collection[str] = (),
+                 resolution_s: float = RESOLUTION_S) -> dict[float, str]:
+    """The scale-down window in pieces: ends-ago → PromQL of each VM's peak demand in that piece."""
+    offsets = seed_pieces(group.spec.down_window_s, resolution_s)
+    piece = _dur(offsets[1] if len(offsets) > 1 else group.spec.down_window_s)
+    demand, step = _demand(group, names if len(names) <= SEED_NAMES_MAX else ()), _dur(resolution_s)
+    return {ago: f"max_over_time({demand}[{piece}:{step}]" + (f" offset {_dur(ago)})" if ago else ")")
+            for ago in offsets}
+
+
+@dataclass(slots=True)
+class _Window:
+    peak: WindowExtreme
+    first: float | None
+
+
+class WindowCache:
+    """Each VM's scale-down window, kept between passes. Pure: the source fills it.
+
+    Asking Prometheus for an 8-hour window of 10,000 VMs every pass costs seconds (a subquery
+    steps through the whole window; benchmarks/prometheus_reads.py). So, like VPA's recommender,
+    which reads its history from Prometheus at start and then aggregates in memory, the window is
+    read once per VM (in SEED_PIECES pieces, each kept until its end leaves the window: at most
+    one piece too long, never too short), and every pass adds the newest sample.
+    """
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[SignalSpec, MetricsView], dict[str, _Window]] = {}
+
+    @staticmethod
+    def cacheable(spec: SignalSpec) -> bool:
+        """Only a highest-of-window composes from pieces (a quantile does not)."""
+        return spec.down_window_s > 0 and spec.down_quantile >= 1.0
+
+    def missing(self, group: Group, keys: Collection[str]) -> list[str]:
+        """The VMs whose window was never read."""
+        known = self.groups.get((group.spec, group.view), {})
+        return sorted(k for k in keys if k not in known)
+
+    def seed(self, group: Group, keys: Collection[str], pieces: Mapping[float, Mapping[str, float]],
+             now: float) -> None:
+        """Start the windows of `keys` from the pieces' answers (ends-ago → VM → peak)."""
+        windows = self.groups.setdefault((group.spec, group.view), {})
+        for key in keys:
+            window = _Window(WindowExtreme(group.spec.down_window_s, largest=True), None)
+            for ago in sorted(pieces, reverse=True):  # oldest first
+                value = pieces[ago].get(key)
+                if value is not None:
+                    window.peak.push(now - ago, max(0, int(value)))
+                    window.first = now - ago if window.first is None else window.first
+            windows[key] = window
+
+    def update(self, group: Group, keys: Collection[str], latest: Mapping[str, float],
+               fresh: Mapping[str, float]) -> dict[str, dict[str, float]]:
+        """Add each VM's newest sample; forget VMs no longer asked; the `peak` and `since` answers."""
+        windows = self.groups.setdefault((group.spec, group.view), {})
+        for gone in set(windows) - set(keys):
+            del windows[gone]
+        peak, since = {}, {}
+        newest = max(fresh.values(), default=0.0)
+        for key in keys:
+            window = windows.get(key)
+            if window is None:
+                continue
+            if key in latest and key in fresh:
+                window.peak.push(fresh[key], max(0, int(latest[key])))
+                window.first = fresh[key] if window.first is None else window.first
+            value = window.peak.get(newest)
+            if value is not None:
+                peak[key] = float(value)
+            if window.first is not None:
+                since[key] = window.first
+        return {"peak": peak, "since": since}
 
 
 def vector(result: Iterable[Mapping[str, Any]], view: MetricsView) -> dict[str, float]:
@@ -155,7 +260,8 @@ class PrometheusError(RuntimeError):
 class PrometheusSource:
     """Asks Prometheus the group queries; counts what it sends (the operator exports the count)."""
 
-    def __init__(self, settings: PrometheusSettings) -> None:
+    def __init__(self, settings: PrometheusSettings, *, keep_windows: bool = True) -> None:
+        """`keep_windows=False` asks every window in full every pass (the stateless way, to compare)."""
         import requests
         from prometheus_api_client import PrometheusConnect
 
@@ -165,6 +271,8 @@ class PrometheusSource:
         self.client = PrometheusConnect(url=settings.url, disable_ssl=settings.insecure_skip_verify,
                                         session=session, timeout=int(settings.timeout_s))
         self.queries_sent = 0
+        self.windows = WindowCache() if keep_windows else None
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="promql")
 
     def _headers(self) -> dict[str, str]:
         if not self.settings.bearer_token_file:
@@ -172,18 +280,32 @@ class PrometheusSource:
         with open(self.settings.bearer_token_file, encoding="utf-8") as handle:  # tokens rotate: read each time
             return {"Authorization": f"Bearer {handle.read().strip()}"}
 
+    def _ask(self, promqls: Mapping[Any, str], view: MetricsView, now: float) -> dict[Any, dict[str, float]]:
+        """Send queries side by side (Prometheus runs them in parallel); their answers by the same keys."""
+        def one(promql: str) -> dict[str, float]:
+            try:
+                return vector(self.client.custom_query(promql, params={"time": now}), view)
+            except Exception as exc:  # requests' and the client's own errors alike
+                raise PrometheusError(f"{type(exc).__name__}: {exc}") from exc
+
+        self.queries_sent += len(promqls)
+        return dict(zip(promqls, self.pool.map(one, promqls.values()), strict=True))
+
     def signals(self, groups: Mapping[Group, Collection[str]], now: float) -> dict[str, DemandSignal]:
         """Signals of every VM key in `groups`, asked as of `now` (Unix seconds)."""
         out: dict[str, DemandSignal] = {}
         self.client.headers = self._headers()
+        res = self.settings.resolution_s
         for group, keys in groups.items():
-            answers = {}
-            for purpose, promql in queries(group, self.settings.resolution_s).items():
-                self.queries_sent += 1
-                try:
-                    result = self.client.custom_query(promql, params={"time": now})
-                except Exception as exc:  # requests' and the client's own errors alike
-                    raise PrometheusError(f"{type(exc).__name__}: {exc}") from exc
-                answers[purpose] = vector(result, group.view)
-            out.update(assemble(answers, group, keys, now, self.settings.resolution_s))
+            if self.windows is None or not self.windows.cacheable(group.spec):
+                answers = self._ask(queries(group, res), group.view, now)
+                out.update(assemble(answers, group, keys, now, res))
+                continue
+            answers = self._ask(pass_queries(group, res), group.view, now)
+            missing = self.windows.missing(group, keys)
+            if missing:
+                names = {k.split("/", 1)[1] for k in missing}
+                self.windows.seed(group, missing, self._ask(seed_queries(group, names, res), group.view, now), now)
+            answers.update(self.windows.update(group, keys, answers["latest"], answers["fresh"]))
+            out.update(assemble(answers, group, keys, now, res))
         return out

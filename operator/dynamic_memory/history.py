@@ -1,8 +1,10 @@
-"""Demand history of one simulated guest: the simulator's stand-in for Prometheus.
+"""Demand history of one guest: sliding-window extremes, in the simulator and in the operator.
 
-It answers the same questions the operator asks Prometheus (`min_over_time`, `max_over_time`,
-`quantile_over_time` over a window ending now), from samples strictly before `now`, in amortised
-O(1) for min/max and O(window) for quantiles. Missing samples are simply never pushed.
+The simulator's stand-in for Prometheus answers the questions the operator asks Prometheus
+(`min_over_time`, `max_over_time`, `quantile_over_time` over a window ending now) from samples
+strictly before `now`, in amortised O(1) for min/max and O(window) for quantiles. Missing samples
+are simply never pushed. The operator keeps a WindowExtreme per VM between passes, so it asks
+Prometheus for the whole scale-down window only once (sources/prometheus.py).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dynamic_memory.model import DemandSignal
 from dynamic_memory.policy.engine import SignalSpec
 
 
-class _WindowExtreme:
+class WindowExtreme:
     """Sliding max (or min) over a time window, with a monotonic deque."""
 
     __slots__ = ("dq", "sign", "span")
@@ -74,10 +76,10 @@ class DemandHistory:
         self.first: float | None = None
         self.last_t: float | None = None
         self.last = 0
-        self.low = _WindowExtreme(spec.up_window_s, largest=False) if spec.up_window_s > 0 else None
-        self.peak: _WindowExtreme | _WindowQuantile | None = None
+        self.low = WindowExtreme(spec.up_window_s, largest=False) if spec.up_window_s > 0 else None
+        self.peak: WindowExtreme | _WindowQuantile | None = None
         if spec.down_window_s > 0:
-            self.peak = (_WindowExtreme(spec.down_window_s, largest=True) if spec.down_quantile >= 1.0
+            self.peak = (WindowExtreme(spec.down_window_s, largest=True) if spec.down_quantile >= 1.0
                          else _WindowQuantile(spec.down_window_s, spec.down_quantile))
 
     def push(self, t: float, demand: int) -> None:
