@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,7 @@ def measure(n: int, naive_sample: int, repeat: int) -> dict[str, Any]:
             per_query = {}
             for purpose, promql in {**queries(group), **{f"seed-{ago / 3600:g}h": q for ago, q in
                                                          seed_queries(group).items()}}.items():
-                per_query[purpose] = median(timed(lambda q=promql: source.client.custom_query(q), 3)) * 1000
+                per_query[purpose] = median(timed(partial(source.client.custom_query, promql), 3)) * 1000
             sample = keys[:: max(1, n // naive_sample)][:naive_sample]
             stateless = PrometheusSource(PrometheusSettings(prom.url, timeout_s=120), keep_windows=False)
             whole = timed(lambda: stateless.signals({group: all_keys}, time.time()), 3)

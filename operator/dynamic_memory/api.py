@@ -170,7 +170,8 @@ class PolicySpec(_Strict):
         "The buffer is never smaller than this: guests burst in absolute sizes (a process starting)."))
     weight: int = Field(5000, ge=0, le=10000, description=(
         "Share of a short node's memory, relative to the other VMs there (Hyper-V's weight, 0-10000)."))
-    interval: Duration = Field("30s", description="How often to decide.")
+    interval: Duration = Field("30s", description=(
+        "How often to decide (at least 1s; a pass costs 3 instant PromQL queries per group of policies)."))
     mode: Literal["Auto", "Recommend", "Off"] = Field("Auto", description=(
         "Auto changes VMs; Recommend decides and reports only; Off does nothing."))
     scaleUp: ScaleUp = Field(default_factory=ScaleUp, json_schema_extra=_DEFAULTED)
@@ -183,7 +184,7 @@ class PolicySpec(_Strict):
         _cel("!isQuantity(self.minimum) || quantity(self.minimum).compareTo(quantity('1Gi')) >= 0",
              "minimum must be at least 1Gi (KubeVirt refuses memory hotplug below 1Gi)", ".minimum"),
         _aligned("minimum"), _aligned("startup"), _aligned("maximum"),
-        _cel("duration(self.interval) >= duration('5s')", "interval must be at least 5s", ".interval"),
+        _cel("duration(self.interval) >= duration('1s')", "interval must be at least 1s", ".interval"),
     ]})
 
     _check_quantities = field_validator("startup", "minimum", "maximum", "minimumBuffer")(_quantity)
@@ -201,8 +202,8 @@ class PolicySpec(_Strict):
             raise ValueError(f"minimum {self.minimum} must not be larger than startup {self.startup}")
         if start > high:
             raise ValueError(f"startup {self.startup} must not be larger than maximum {self.maximum}")
-        if parse_duration(self.interval) < 5:
-            raise ValueError(f"interval {self.interval} is shorter than 5s")
+        if parse_duration(self.interval) < 1:
+            raise ValueError(f"interval {self.interval} is shorter than 1s")
         return self
 
     def params(self) -> PolicyParams:
@@ -254,7 +255,9 @@ class PolicyStatus(BaseModel):
     assigned: str = Field("0", description="Guest memory of the running selected VMs, summed.")
     demand: str = Field("0", description="Their demand, summed (VMs with unknown demand count at their size).")
     target: str = Field("0", description="Their targets, summed.")
-    lastDecisionTime: str | None = Field(None, json_schema_extra={"format": "date-time"})
+    lastDecisionTime: str | None = Field(None, json_schema_extra={"format": "date-time"}, description=(
+        "The pass that last changed this status. Nothing is written while nothing changes (no heartbeat "
+        "writes); dynamic_memory_cycle_seconds on the operator's /metrics shows every pass."))
     pressured: list[PressuredVM] = Field(default_factory=list, max_length=10, description=(
         "The VMs with the least headroom (at most 10)."))
 

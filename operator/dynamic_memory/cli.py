@@ -184,7 +184,7 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--mode-cap", choices=["Off", "Recommend", "Auto"],
                    help="the most any policy may do; Recommend makes the operator report-only (default Auto)")
     o.add_argument("--tick-seconds", type=float,
-                   help="how often policies are checked for being due (default 5; policies set their interval)")
+                   help="how often policies are checked for being due (default 1; policies set their interval)")
     o.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     o.set_defaults(func=cmd_run)
     return p

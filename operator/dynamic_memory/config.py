@@ -21,7 +21,7 @@ class OperatorConfig:
     max_in_flight: int = 2
     """Resizes under way cluster-wide at most: KubeVirt live-migrates each one."""
     metrics_port: int = 8000
-    tick_s: float = 5.0
+    tick_s: float = 1.0
     """How often each policy's timer wakes to see whether its own interval is due."""
     mode_cap: str = "Auto"
     """The most any policy may do: Recommend makes the whole operator report-only (try it first)."""

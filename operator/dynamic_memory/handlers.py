@@ -151,7 +151,7 @@ def policy_index(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) ->
     return {f"{namespace}/{name}": dict(spec)}
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=float(os.environ.get("DM_TICK_SECONDS", "5")), initial_delay=1.0)
+@kopf.timer(GROUP, VERSION, PLURAL, interval=float(os.environ.get("DM_TICK_SECONDS", "1")), initial_delay=1.0)
 async def reconcile(spec: kopf.Spec, body: kopf.Body, meta: kopf.Meta, name: str, namespace: str | None,
                     patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
     """Run a pass over all policies when this policy's interval is due; write this policy's status."""
@@ -192,10 +192,13 @@ async def reconcile(spec: kopf.Spec, body: kopf.Body, meta: kopf.Meta, name: str
     conditions = set_condition(conditions, READY, True, "Reconciled",
                                f"{len(result.decisions)} running of {len(result.selected)} selected VMs decided"
                                + (f"; {overlap}" if overlap else ""), generation, now)
-    patch.status["conditions"] = conditions
-    patch.status["observedGeneration"] = generation
-    for field_name, value in summary(len(result.selected), result.decisions, state.time).items():
-        patch.status[field_name] = value
+    status = {"conditions": conditions, "observedGeneration": generation,
+              **summary(len(result.selected), result.decisions, state.time)}
+    current = body.get("status") or {}
+    changed = {k: v for k, v in status.items() if current.get(k) != v and k != "lastDecisionTime"}
+    if changed:  # no heartbeat writes (API conventions): a steady fleet costs the API server nothing
+        for field_name, value in {**changed, "lastDecisionTime": status["lastDecisionTime"]}.items():
+            patch.status[field_name] = value
 
 
 async def _global_pass(memo: kopf.Memo, logger: kopf.Logger,

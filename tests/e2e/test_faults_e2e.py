@@ -88,12 +88,18 @@ def test_operator_killed_mid_cycle_loses_and_repeats_nothing(control_plane: Clus
     patched = guest(vm(admin_api, ns, "db"))
     operator.start()
     wait(lambda: settled(admin_api, ns), what="the migration")
-    restarted = time.time()
-    wait(lambda: policy_status(admin_api, ns).get("lastDecisionTime", "") >=
-         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(restarted)), what="a pass of the new operator")
+    wait(lambda: passes(operator) >= 1, what="a pass of the new operator")
     time.sleep(6)
     assert guest(vm(admin_api, ns, "db")) == patched
     assert grows(admin_api, ns) == 1
+
+
+def passes(operator: Operator) -> float:
+    """Passes the running operator process made (its status writes only what changes)."""
+    try:
+        return operator.metric("dynamic_memory_cycle_seconds_count")
+    except OSError:  # still starting
+        return 0.0
 
 
 def test_conflicting_writes_are_retried_and_nothing_is_lost(control_plane: Cluster,

@@ -137,22 +137,24 @@ def test_falling_demand_shrinks_only_after_the_window_and_never_below_boot(
         control_plane: Cluster, admin_api: client.ApiClient, kubevirt: KubeVirtStandIn,
         operator: Operator) -> None:
     ns = "fall"
-    setup_namespace(control_plane, ns, scaleDown={"stabilizationWindow": "30s", "minHistory": "5s"})
+    # two shrinks an hour: the first one may keep the peak the guest showed while it paged during
+    # its last grow's migration (still in the 30 s window), the second one reaches the floor
+    setup_namespace(control_plane, ns, scaleDown={"stabilizationWindow": "30s", "minHistory": "5s",
+                                                  "maxPerHour": 2})
     kubevirt.set_demand(f"{ns}/db", 5 * GIB)  # pages at 2Gi: grows, and grows again while it pages
     create_vm(admin_api, ns, "db")
     wait(lambda: guest(vm(admin_api, ns, "db")) >= 5 * GIB, timeout_s=90, what="growth past the demand")
     wait(lambda: not kubevirt.migrations, what="migrations to finish")
     kubevirt.set_demand(f"{ns}/db", GIB // 2)
-    grown = guest(vm(admin_api, ns, "db"))
-    wait(lambda: guest(vm(admin_api, ns, "db")) < grown, timeout_s=120, what="a shrink")
+    wait(lambda: guest(vm(admin_api, ns, "db")) == 2 * GIB, timeout_s=150, what="shrinks to the boot size")
     annotations = vm(admin_api, ns, "db")["metadata"]["annotations"]
     grows = [float(i.split(":")[0]) for i in resizes(vm(admin_api, ns, "db")) if i.endswith("Grow")]
     shrink_at = [float(i.split(":")[0]) for i in resizes(vm(admin_api, ns, "db")) if i.endswith("Shrink")]
-    assert len(shrink_at) == 1 and shrink_at[0] - max(grows) >= 30, (grows, shrink_at)
-    assert guest(vm(admin_api, ns, "db")) == 2 * GIB  # demand + 1Gi buffer is 1.5Gi: the boot size wins
-    assert "peak demand" in annotations["dynamicmemory.io/reason"]
-    time.sleep(12)  # two more intervals: maxPerHour 1 (and nothing left to shrink) means no second shrink
-    assert len([i for i in resizes(vm(admin_api, ns, "db")) if i.endswith("Shrink")]) == 1
+    assert 1 <= len(shrink_at) <= 2 and min(shrink_at) - max(grows) >= 30, (grows, shrink_at)
+    assert "peak demand" in annotations["dynamicmemory.io/reason"]  # demand + 1Gi is 1.5Gi: the boot size wins
+    time.sleep(12)  # two more intervals: nothing left to shrink, and never below the boot size
+    assert len([i for i in resizes(vm(admin_api, ns, "db")) if i.endswith("Shrink")]) == len(shrink_at)
+    assert guest(vm(admin_api, ns, "db")) == 2 * GIB
 
 
 def test_a_node_too_small_serves_the_heavier_policy_first(

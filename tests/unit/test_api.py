@@ -33,7 +33,7 @@ def test_defaults_are_hyperv_like() -> None:
     ({"weight": 10001}, "spec.weight", "less than or equal to 10000"),
     ({"startup": "two gigs"}, "spec.startup", "not a Kubernetes quantity"),
     ({"interval": "30"}, "spec.interval", "not a duration"),
-    ({"interval": "1s"}, "spec", "shorter than 5s"),
+    ({"interval": "0s"}, "spec", "shorter than 1s"),
     ({"mode": "Aggressive"}, "spec.mode", "'Auto', 'Recommend' or 'Off'"),
     ({"bufferpercent": 20}, "spec.bufferpercent", "Extra inputs are not permitted"),
     ({"scaleDown": {"stabilizationWindow": "6 hours"}}, "spec.scaleDown.stabilizationWindow", "not a duration"),

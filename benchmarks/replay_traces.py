@@ -1,0 +1,101 @@
+"""Memory saved on real traces: the month of ../shared/traces replayed through every policy
+(ours and the baselines of peers.md, the same engine code the operator runs), plus ours at several
+buffer settings as a curve, and the oracle that knows the future as the physical limit.
+Two worker processes share the loaded traces (fork), one replay each at a time.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from dataclasses import replace
+from typing import Any
+
+from benchmarks.common import RESULTS, TRACES, say, write_json
+from dynamic_memory.model import PolicyParams
+from dynamic_memory.sim.replay import SLOT_S, replay, replay_oracle
+from dynamic_memory.sim.report import policies
+from dynamic_memory.sim.traces import VMTrace, load_traces
+
+TRACE = TRACES / "bitbrains-rnd-2013-07.csv.gz"
+BUFFERS = (5, 10, 20, 50, 100)
+"""Our bufferPercent settings on the curve (20 is the default)."""
+QUICK_VMS = 100
+
+_traces: list[VMTrace] = []
+
+
+def _one(job: tuple[str, int]) -> dict[str, Any]:
+    name, buffer = job
+    if name == "oracle":
+        return replay_oracle(_traces).as_dict()
+    policy = {p.name: p for p in policies(SLOT_S)}[name]
+    params = replace(PolicyParams(startup=0, minimum=0, maximum=2**62), buffer_percent=buffer)
+    return {**replay(_traces, policy, params).as_dict(), "buffer_percent": buffer}
+
+
+def plot(points: dict[str, dict[str, Any]], curve: list[dict[str, Any]], title: str) -> None:
+    """memory_ratio against pressure_fraction: each policy a point, ours a curve over the buffer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    xs = [c["pressure_fraction"] for c in curve]
+    ys = [c["memory_ratio"] for c in curve]
+    ax.plot(xs, ys, "o-", color="tab:blue", label="dynamic-memory (bufferPercent)")
+    for c in curve:
+        ax.annotate(f"{c['buffer_percent']}%", (c["pressure_fraction"], c["memory_ratio"]),
+                    textcoords="offset points", xytext=(6, 4), fontsize=8, color="tab:blue")
+    for name, p in points.items():
+        if name in ("dynamic-memory", "oracle"):
+            continue
+        ax.plot(p["pressure_fraction"], p["memory_ratio"], "s", label=name)
+    oracle = points["oracle"]["memory_ratio"]
+    ax.axhline(oracle, color="black", linestyle="--", linewidth=1, label=f"oracle (knows the future): {oracle:.3f}")
+    ax.set_xscale("symlog", linthresh=1e-4)
+    ax.set_xlabel("pressure_fraction (share of samples with demand above assigned; log beyond 1e-4)")
+    ax.set_ylabel("memory_ratio (assigned ÷ static provisioned)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    fig.savefig(RESULTS / "replay.png", dpi=120)
+    plt.close(fig)
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Every policy's three figures; the plot."""
+    global _traces
+    started = time.perf_counter()
+    _traces = load_traces(TRACE)
+    if quick:
+        _traces = _traces[:QUICK_VMS]
+    jobs = [(p.name, 20) for p in policies(SLOT_S)] + [("oracle", 0)]
+    jobs += [("dynamic-memory", b) for b in BUFFERS if b != 20]
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        results = pool.map(_one, jobs, chunksize=1)
+    points = {r["policy"]: r for r, (_, b) in zip(results, jobs, strict=True) if b in (20, 0)}
+    curve = sorted((r for r in results if r["policy"] == "dynamic-memory"), key=lambda r: r["buffer_percent"])
+    head = results[0]
+    title = (f"{TRACE.name}: {head['vms']} VMs, {head['vm_days']:.0f} VM-days"
+             + (f" (quick: first {QUICK_VMS} VMs)" if quick else ""))
+    plot(points, curve, title)
+    summary = {name: {k: p[k] for k in ("memory_ratio", "pressure_fraction", "resizes_per_vm_day")}
+               for name, p in points.items()}
+    result = {"trace": TRACE.name, "vms": head["vms"], "vm_days": head["vm_days"], "quick": quick,
+              "policies": points, "buffer_curve": curve, "replay": summary, "seconds": time.perf_counter() - started}
+    for name, p in points.items():
+        say(f"replay: {name:>15}: memory_ratio {p['memory_ratio']:.4f}, pressure_fraction "
+            f"{p['pressure_fraction']:.5f}, resizes/VM-day {p['resizes_per_vm_day']:.3f}")
+    for c in curve:
+        say(f"replay: dynamic-memory bufferPercent {c['buffer_percent']:>3}: {c['memory_ratio']:.4f} / "
+            f"{c['pressure_fraction']:.5f} / {c['resizes_per_vm_day']:.3f}")
+    write_json("replay", result)
+    return result
+
+
+if __name__ == "__main__":
+    run()
