@@ -55,6 +55,7 @@ def plot(points: dict[str, dict[str, Any]], curve: list[dict[str, Any]], title: 
     oracle = points["oracle"]["memory_ratio"]
     ax.axhline(oracle, color="black", linestyle="--", linewidth=1, label=f"oracle (knows the future): {oracle:.3f}")
     ax.set_xscale("symlog", linthresh=1e-4)
+    ax.set_xlim(-1e-5, 2 * max(max(xs), *(p["pressure_fraction"] for p in points.values())))
     ax.set_xlabel("pressure_fraction (share of samples with demand above assigned; log beyond 1e-4)")
     ax.set_ylabel("memory_ratio (assigned ÷ static provisioned)")
     ax.set_title(title, fontsize=10)

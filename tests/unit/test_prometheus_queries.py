@@ -54,10 +54,10 @@ def test_seeded_peaks_expire_when_their_piece_leaves_the_window() -> None:
     # a's peak of 6 was 7-8 h ago, 3 an hour ago; b had no samples in the window at all
     cache.seed(WINDOW, ["ns/a", "ns/b"], {7 * 3600: {"ns/a": 6.0}, 3600: {"ns/a": 3.0}, 0: {}}, now)
     assert cache.missing(WINDOW, ["ns/a", "ns/b"]) == []
-    first = cache.update(WINDOW, ["ns/a", "ns/b"], {"ns/a": 2.0}, {"ns/a": now})
+    first = cache.update(WINDOW, ["ns/a", "ns/b"], {"ns/a": 2.0}, now)
     assert first["peak"] == {"ns/a": 6.0} and first["since"] == {"ns/a": now - 7 * 3600}
     later = now + 1.5 * 3600  # the 7 h-ago piece ended 8.5 h ago: gone; the 1 h-ago one stays
-    second = cache.update(WINDOW, ["ns/a", "ns/b"], {"ns/a": 1.0, "ns/b": 4.0}, {"ns/a": later, "ns/b": later})
+    second = cache.update(WINDOW, ["ns/a", "ns/b"], {"ns/a": 1.0, "ns/b": 4.0}, later)
     assert second["peak"] == {"ns/a": 3.0, "ns/b": 4.0}
     assert second["since"]["ns/b"] == later  # b's history starts with its first sample
 
@@ -65,7 +65,7 @@ def test_seeded_peaks_expire_when_their_piece_leaves_the_window() -> None:
 def test_vms_no_longer_asked_are_forgotten_and_quantiles_are_not_cached() -> None:
     cache = WindowCache()
     cache.seed(WINDOW, ["ns/a"], {0: {"ns/a": 1.0}}, 10.0)
-    cache.update(WINDOW, [], {}, {})
+    cache.update(WINDOW, [], {}, 20.0)
     assert cache.missing(WINDOW, ["ns/a"]) == ["ns/a"]
     assert not WindowCache.cacheable(SignalSpec(down_window_s=3600, down_quantile=0.9))
     assert not WindowCache.cacheable(SignalSpec(down_window_s=0))
