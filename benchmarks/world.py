@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
+import urllib3
 from kubernetes import client, config
 
 from tests.e2e.conftest import OPERATOR_NS, ROOT, STANDIN_CRDS, Operator
@@ -22,6 +23,8 @@ from tests.e2e.prometheus import Prometheus, free_port
 from tests.e2e.standin.controller import KubeVirtStandIn
 from tests.e2e.standin.metrics import GuestMetrics
 from tests.e2e.test_operator_e2e import apply_policy
+
+urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # the loopback API server's self-signed cert
 
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NS}:kubevirt-dynamic-memory"
 
@@ -93,6 +96,7 @@ def _stop_all(operators: list[Operator]) -> None:
 @contextmanager
 def world(workdir: Path, scrape_s: float = 1.0) -> Iterator[World]:
     """Start it all (a few seconds once the control plane is built), stop it all after."""
+    (workdir / "cp").mkdir(parents=True, exist_ok=True)
     cp = ControlPlane(workdir / "cp")
     stack: list[Callable[[], None]] = [cp.stop]
     try:

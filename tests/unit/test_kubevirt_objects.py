@@ -151,3 +151,21 @@ def test_mode_cap_limits_what_any_policy_does() -> None:
     assert OperatorConfig.from_env({}).effective_mode("Auto") == "Auto"
     with pytest.raises(ValueError, match="must be Off, Recommend or Auto"):
         OperatorConfig.from_env({"DM_MODE_CAP": "Yolo"})
+
+
+def test_our_own_resize_under_way_is_not_written_again_but_other_holds_are() -> None:
+    from dynamic_memory.actuators.kubevirt import HELD, held_patch
+
+    def blocked(why: str) -> Decision:
+        return Decision("prod/db", "node-1", 4 * GIB, 4 * GIB, Action.HOLD,
+                        Why("Blocked", "not resizable now: {why}", {"why": why}), limited="blocked")
+
+    ours = vm(guest="6Gi", annotations={TARGET: "6Gi"})
+    assert held_patch(ours, blocked("memory hotplug in progress (HotMemoryChange)")) is None
+    assert held_patch(ours, blocked("memory change under way (the VM's spec guest 6Gi != guestCurrent 4Gi)")) is None
+    users = vm(guest="8Gi", annotations={TARGET: "6Gi"})  # someone else changed the spec since
+    assert held_patch(users, blocked("memory change under way (the VM's spec guest 8Gi != guestCurrent 4Gi)")) \
+        == {"metadata": {"annotations": {HELD: "not resizable now: memory change under way (the VM's spec guest "
+                                               "8Gi != guestCurrent 4Gi)"}}}
+    failed = blocked("memory hotplug waiting: its live migration failed and KubeVirt retries it")
+    assert held_patch(ours, failed) is not None

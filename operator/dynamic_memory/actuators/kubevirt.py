@@ -17,6 +17,7 @@ from dynamic_memory.quantity import format_bytes, to_quantity
 from dynamic_memory.sources.kubevirt import (
     ANNOTATION_PREFIX,
     LAST_GROW,
+    OWN_CHANGE_UNDER_WAY,
     RESIZES,
     _get,
     format_time,
@@ -88,11 +89,20 @@ def recommend_patch(vm: Mapping[str, Any], decision: Decision, now: float) -> di
     return {"metadata": {"annotations": notes}}
 
 
+def _own_change_under_way(vm: Mapping[str, Any], decision: Decision) -> bool:
+    """KubeVirt is busy with the very change we asked for: the `target` and `reason` annotations say
+    so already, and a second write per resize would double the API cost of every resize."""
+    why = str(decision.why.values.get("why", ""))
+    spec_guest = _get(vm, "spec", "template", "spec", "domain", "memory", "guest")
+    ours = (_get(vm, "metadata", "annotations") or {}).get(TARGET)
+    return why.startswith(OWN_CHANGE_UNDER_WAY) and ours is not None and ours == spec_guest
+
+
 def held_patch(vm: Mapping[str, Any], decision: Decision | None) -> dict[str, Any] | None:
     """Merge patch that shows why a VM KubeVirt is busy with is held (decision given), or clears that
     once it is not (None); None when the VM already says so. Writes only on change: no churn."""
     annotations = _get(vm, "metadata", "annotations") or {}
-    held = None if decision is None else decision.reason[:REASON_LIMIT]
+    held = None if decision is None or _own_change_under_way(vm, decision) else decision.reason[:REASON_LIMIT]
     if annotations.get(HELD) == held:
         return None
     return {"metadata": {"annotations": {HELD: held}}}

@@ -55,6 +55,11 @@ def key_of(obj: Obj) -> str:
     return f"{_get(obj, 'metadata', 'namespace')}/{_get(obj, 'metadata', 'name')}"
 
 
+OWN_CHANGE_UNDER_WAY = ("memory hotplug in progress", "memory change under way")
+"""How blocked_reason starts when KubeVirt is carrying out a memory change (ours, if the VM's
+spec says what our `target` annotation says)."""
+
+
 def blocked_reason(vm: Obj, vmi: Obj) -> str | None:
     """Why KubeVirt cannot take a memory change for this VM now, or None."""
     restart = _condition(vm, "RestartRequired")

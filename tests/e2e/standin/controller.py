@@ -61,6 +61,8 @@ class KubeVirtStandIn:
         self.migrations: dict[str, Migration] = {}
         self._migration_names: dict[str, str] = {}
         self.log: list[str] = []
+        self._free: dict[str, int] | None = None
+        self._accounts: set[str] = set()
         self.paused = threading.Event()
         """Set it to stop playing KubeVirt for a while (steady-state request counts)."""
         self._stop = threading.Event()
@@ -90,6 +92,7 @@ class KubeVirtStandIn:
             self._stop.wait(self.period_s)
 
     def _sync(self) -> None:
+        self._free = None  # node free memory, listed at most once a sync (1,000 boots must not list 1,000 times)
         vms = {self._key(v): v for v in self.custom.list_cluster_custom_object(*KV, "virtualmachines")["items"]}
         vmis = {self._key(v): v for v in self.custom.list_cluster_custom_object(*KV, "virtualmachineinstances")
                 ["items"]}
@@ -111,6 +114,8 @@ class KubeVirtStandIn:
     # --- virt-controller: boot, hotplug, migration --------------------------------------------
 
     def _node_free(self) -> dict[str, int]:
+        if self._free is not None:
+            return dict(self._free)
         free = {}
         for node in self.core.list_node().items:
             free[node.metadata.name] = parse_quantity(node.status.allocatable["memory"])
@@ -118,7 +123,8 @@ class KubeVirtStandIn:
             if pod.spec.node_name in free and pod.status.phase not in ("Succeeded", "Failed"):
                 for c in pod.spec.containers:
                     free[pod.spec.node_name] -= parse_quantity((c.resources.requests or {}).get("memory", "0"))
-        return free
+        self._free = free
+        return dict(free)
 
     def _placeable(self, vm: dict[str, Any]) -> dict[str, int]:
         """Free memory of the nodes the VM may run on (its template's nodeSelector on the hostname)."""
@@ -128,10 +134,14 @@ class KubeVirtStandIn:
 
     def _launcher(self, ns: str, name: str, node: str, guest: int, attempt: int) -> str:
         pod_name = f"virt-launcher-{name}-{attempt}"
-        try:
-            self.core.read_namespaced_service_account("default", ns)
-        except ApiException:
-            self.core.create_namespaced_service_account(ns, {"metadata": {"name": "default"}})
+        if ns not in self._accounts:
+            try:
+                self.core.read_namespaced_service_account("default", ns)
+            except ApiException:
+                self.core.create_namespaced_service_account(ns, {"metadata": {"name": "default"}})
+            self._accounts.add(ns)
+        if self._free is not None:  # the listed free memory stays true within this sync
+            self._free[node] = self._free.get(node, 0) - guest - launcher_overhead(guest)
         self.core.create_namespaced_pod(ns, {
             "metadata": {"name": pod_name, "labels": {"kubevirt.io": "virt-launcher", "vm.kubevirt.io/name": name}},
             "spec": {"nodeName": node, "containers": [{"name": "compute", "image": "virt-launcher", "resources": {
@@ -217,6 +227,7 @@ class KubeVirtStandIn:
         for pod in self.core.list_namespaced_pod(ns, label_selector=f"vm.kubevirt.io/name={name}").items:
             self.core.delete_namespaced_pod(pod.metadata.name, ns, grace_period_seconds=0)
         self._launcher(ns, name, node, mig.target, mig.attempt + len(self.log))
+        self._free = None  # the old launcher is gone: list again
         q = to_quantity(mig.target)
         self._patch_vmi(vmi, {"status": {
             "nodeName": node, "conditions": self._conditions(vmi, hot=False),
