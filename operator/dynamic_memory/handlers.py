@@ -88,16 +88,24 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
 
 # --- watch caches ---------------------------------------------------------------------------
 
+def _cached(body: kopf.Body) -> dict[str, Any]:
+    """The object as the watch cache keeps it: without metadata.managedFields, which nothing here
+    reads and which is often the largest part (controller-runtime's TransformStripManagedFields)."""
+    out = dict(body)
+    out["metadata"] = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
+    return out
+
+
 @kopf.index(*KUBEVIRT, "virtualmachines")
 def vm_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[str, tuple[str, dict[str, Any]]]:
     """namespace → (name, VM)."""
-    return {namespace or "": (name, dict(body))}
+    return {namespace or "": (name, _cached(body))}
 
 
 @kopf.index(*KUBEVIRT, "virtualmachineinstances")
 def vmi_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
     """namespace/name → VMI."""
-    return {f"{namespace}/{name}": dict(body)}
+    return {f"{namespace}/{name}": _cached(body)}
 
 
 @kopf.index("", "v1", "nodes")
