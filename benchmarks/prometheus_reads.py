@@ -157,7 +157,7 @@ def measure(n: int, naive_sample: int, repeat: int, profile_repeat: int = 3) -> 
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Both sizes; the speedup at 1k and the batched time at 10k."""
-    small = measure(1_000, naive_sample=1_000, repeat=5 if quick else 11)
+    small = measure(1_000, naive_sample=1_000, repeat=5 if quick else 11, profile_repeat=1 if quick else 3)
     large = measure(10_000, naive_sample=200 if quick else 1_000, repeat=5 if quick else 9,
                     profile_repeat=0 if quick else 3)
     result = {"1000": small, "10000": large, "prom_speedup_1k": small["speedup"],

@@ -20,7 +20,7 @@ from dynamic_memory.sim.traces import VMTrace, load_traces
 TRACE = TRACES / "bitbrains-rnd-2013-07.csv.gz"
 BUFFERS = (5, 10, 20, 50, 100)
 """Our bufferPercent settings on the curve (20 is the default)."""
-QUICK_VMS = 100
+QUICK_VMS = 50
 
 _traces: list[VMTrace] = []
 
