@@ -48,6 +48,33 @@ def summarise(results: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
     return out
 
 
+def notes(results: dict[str, dict[str, Any] | None]) -> list[str]:
+    """One line per benchmark: the conditions and the profile behind its headline figure."""
+    out = []
+    if engine := results.get("engine_scale"):
+        out.append(f"engine: one `plan` pass, medians; from 10k to 100k VMs the pass grows "
+                   f"{engine['engine_100k_over_10k']:.2f}×, its Python calls "
+                   f"{engine.get('calls_100k_over_10k', 0):.2f}×, "
+                   f"and a loop that only reads each VM once {engine.get('touch_100k_over_10k', 0):.2f}× (this "
+                   f"machine's caches; see `profile_10k` in engine_scale.json).")
+    if prom := results.get("prometheus_reads"):
+        big = prom["10000"]
+        queries = ", ".join(f"{k} {v:.0f} ms" for k, v in big["per_query_ms"].items() if not k.startswith("seed"))
+        out.append(f"prometheus: {big['history_hours']:g} h of backfilled history; at 10k VMs one query at a time: "
+                   f"{queries or 'not profiled (quick)'}; the first pass, which reads every window once: "
+                   f"{big['first_pass_with_window_s']:.1f} s; naive timed on {big['naive_vms_timed']:,} VMs.")
+    if reaction := results.get("reaction"):
+        out.append(f"reaction: {reaction['trials']} trials, p50 {reaction['p50_s']:.2f} s, "
+                   f"max {reaction['max_s']:.2f} s; "
+                   f"scrape {reaction['scrape_s']:g} s, interval {reaction['interval_s']:g} s.")
+    if fp := results.get("footprint"):
+        out.append(f"footprint: {fp['vms']:,} VMs, {fp['policies']} policies, {fp['passes']:.0f} passes in "
+                   f"{fp['duration_s']:.0f} s (a pass {fp['mean_pass_s'] * 1000:.0f} ms); the operator's requests at "
+                   f"steady state: {fp['steady_requests_by_operator'] or 'none'}; after {fp['changed_vms']} VMs' "
+                   f"demand rose: {fp['requests_by_operator_after_change']}.")
+    return out
+
+
 def table(summary: dict[str, Any], results: dict[str, dict[str, Any] | None]) -> str:
     """results.md: the figures against their targets, then the replay."""
     lines = ["# Benchmark results", "",
@@ -62,6 +89,7 @@ def table(summary: dict[str, Any], results: dict[str, dict[str, Any] | None]) ->
         else:
             ok = "—" if value is None else ("yes" if met(value) else "no") if key != "reaction_bound_s" else ""
         lines.append(f"| `{key}` | {'not run' if value is None else fmt.format(value)} | {target} | {ok} | {when} |")
+    lines += ["", "## Where the figures come from", ""] + [f"- {note}" for note in notes(results)]
     replay = results.get("replay") or {}
     if replay:
         lines += ["", f"## Memory saved on real traces ({replay['trace']}: {replay['vms']} VMs, "
