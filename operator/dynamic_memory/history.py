@@ -17,13 +17,21 @@ from dynamic_memory.policy.engine import SignalSpec
 
 
 class WindowExtreme:
-    """Sliding max (or min) over a time window, with a monotonic deque."""
+    """Sliding max (or min) over a time window, with a monotonic deque.
 
-    __slots__ = ("dq", "sign", "span")
+    With a `granularity`, time is cut in granules of that length, and a sample less extreme than
+    the newest kept one of its granule is folded into it (which then lives until this sample would
+    have): at most span/granularity + 1 entries, and the answer errs only towards the extreme, for
+    at most one granule. The operator
+    keeps one per VM for hours; a demand falling for the whole window would otherwise keep every sample.
+    """
 
-    def __init__(self, span: float, *, largest: bool) -> None:
+    __slots__ = ("dq", "granularity", "sign", "span")
+
+    def __init__(self, span: float, *, largest: bool, granularity: float = 0.0) -> None:
         self.span = span
         self.sign = 1 if largest else -1
+        self.granularity = granularity
         self.dq: deque[tuple[float, int]] = deque()
 
     def push(self, t: float, value: int) -> None:
@@ -31,6 +39,10 @@ class WindowExtreme:
         dq = self.dq
         while dq and self.sign * dq[-1][1] <= key:
             dq.pop()
+        g = self.granularity
+        if g and dq and t // g == dq[-1][0] // g:  # same granule: the kept, more extreme value covers this one
+            dq[-1] = (t, dq[-1][1])
+            return
         dq.append((t, value))
 
     def get(self, now: float) -> int | None:

@@ -60,3 +60,19 @@ def test_enough_history_after_min_history_or_the_window(min_history: float, need
     history.push(0, 5)
     assert not history.signal(needed - 1).enough_history
     assert history.signal(needed).enough_history
+
+
+def test_a_coarse_window_stays_small_and_errs_by_at_most_one_granule() -> None:
+    from dynamic_memory.history import WindowExtreme
+
+    span, granule = 3600.0, 3600.0 / 64
+    exact, longer = WindowExtreme(span, largest=True), WindowExtreme(span + granule, largest=True)
+    coarse = WindowExtreme(span, largest=True, granularity=granule)
+    for t in range(0, 4 * 3600, 30):  # demand falling for hours, then a step back up, then noise
+        value = max(0, 10_000 - t) if t < 3 * 3600 else 5_000 + (t * 7919) % 1_000
+        for window in (exact, longer, coarse):
+            window.push(t, value)
+        assert len(coarse.dq) <= 65
+        got, low, high = coarse.get(t + 1), exact.get(t + 1), longer.get(t + 1)
+        assert got is not None and low is not None and high is not None
+        assert low <= got <= high  # never below the exact peak; never older than one granule past the window

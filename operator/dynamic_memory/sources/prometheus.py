@@ -125,6 +125,9 @@ def pass_queries(group: Group, resolution_s: float = RESOLUTION_S) -> dict[str, 
 
 SEED_PIECES = 8
 """The window is read once in this many pieces, so that its old peaks expire on time."""
+WINDOW_ENTRIES = 64
+"""A VM's window keeps at most this many samples (an 8 h window: one per 7.5 min; a kept peak may
+outlive its sample by that much, never less)."""
 SEED_NAMES_MAX = 200
 """Seed at most this many VMs by name; more (a restart) and the whole group is read."""
 
@@ -179,7 +182,8 @@ class WindowCache:
         """Start the windows of `keys` from the pieces' answers (ends-ago → VM → peak)."""
         windows = self.groups.setdefault((group.spec, group.view), {})
         for key in keys:
-            window = _Window(WindowExtreme(group.spec.down_window_s, largest=True), None)
+            span = group.spec.down_window_s
+            window = _Window(WindowExtreme(span, largest=True, granularity=span / WINDOW_ENTRIES), None)
             for ago in sorted(pieces, reverse=True):  # oldest first
                 value = pieces[ago].get(key)
                 if value is not None:
