@@ -13,7 +13,7 @@ import pstats
 import random
 from typing import Any
 
-from benchmarks.common import median, say, timed, write_json
+from benchmarks.common import median, say, timed
 from dynamic_memory.model import DemandSignal, PolicyParams, VMState
 from dynamic_memory.policy.engine import Entry, plan
 from dynamic_memory.quantity import GIB, MIB
@@ -104,9 +104,5 @@ def run(quick: bool = False) -> dict[str, Any]:
               "calls_100k_over_10k": calls_ratio, "touch_100k_over_10k": touch_ratio,
               "targets": {"engine_10k_ms": "< 50", "engine_100k_over_10k": "<= 11"}, "profile_10k": prof}
     say(f"engine: 10k pass {result['engine_10k_ms']:.1f} ms (target < 50 ms); 100k/10k = {ratio:.2f} (target ≤ 11)")
-    write_json("engine_scale", result)
     return result
 
-
-if __name__ == "__main__":
-    run()

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import median, say, write_json
+from benchmarks.common import median, say
 from benchmarks.world import World, wait, world
 from dynamic_memory.quantity import GIB, MIB
 from tests.e2e.kube import custom
@@ -134,9 +134,5 @@ def run(quick: bool = False) -> dict[str, Any]:
     say(f"api: steady state, all clients: {steady or 'no requests'}; the operator's: {steady_user or 'none'}")
     say(f"api: {CHANGED} VMs' demand rose: the operator sent {change_user}: "
         f"{result['api_writes_per_changed_vm']:.1f} VM patches per changed VM")
-    write_json("footprint", result)
     return result
 
-
-if __name__ == "__main__":
-    run()

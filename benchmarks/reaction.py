@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import median, percentile, say, write_json
+from benchmarks.common import median, percentile, say
 from benchmarks.world import World, wait, world
 from dynamic_memory.quantity import GIB, MIB
 from tests.e2e.kube import custom
@@ -75,9 +75,5 @@ def run(quick: bool = False) -> dict[str, Any]:
               "targets": {"reaction_p95_s": f"<= {bound:g} (scrape + interval + 0.5 s)"}}
     say(f"reaction: {trials} trials: p50 {result['p50_s']:.2f} s, p95 {result['p95_s']:.2f} s, max "
         f"{result['max_s']:.2f} s (target p95 ≤ {bound:g} s); a pass took {pass_s * 1000:.0f} ms on average")
-    write_json("reaction", result)
     return result
 
-
-if __name__ == "__main__":
-    run()

@@ -11,7 +11,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from benchmarks.common import RESULTS, TRACES, say, write_json
+from benchmarks.common import RESULTS, TRACES, say
 from dynamic_memory.model import PolicyParams
 from dynamic_memory.sim.replay import SLOT_S, replay, replay_oracle
 from dynamic_memory.sim.report import policies
@@ -94,9 +94,5 @@ def run(quick: bool = False) -> dict[str, Any]:
     for c in curve:
         say(f"replay: dynamic-memory bufferPercent {c['buffer_percent']:>3}: {c['memory_ratio']:.4f} / "
             f"{c['pressure_fraction']:.5f} / {c['resizes_per_vm_day']:.3f}")
-    write_json("replay", result)
     return result
 
-
-if __name__ == "__main__":
-    run()

@@ -171,7 +171,7 @@ class PolicySpec(_Strict):
     weight: int = Field(5000, ge=0, le=10000, description=(
         "Share of a short node's memory, relative to the other VMs there (Hyper-V's weight, 0-10000)."))
     interval: Duration = Field("30s", description=(
-        "How often to decide (at least 1s; a pass costs 2 instant PromQL queries per group of policies)."))
+        "How often to decide (at least 1s; a pass costs 3 instant PromQL queries per group of policies)."))
     mode: Literal["Auto", "Recommend", "Off"] = Field("Auto", description=(
         "Auto changes VMs; Recommend decides and reports only; Off does nothing."))
     scaleUp: ScaleUp = Field(default_factory=ScaleUp, json_schema_extra=_DEFAULTED)

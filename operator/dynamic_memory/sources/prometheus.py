@@ -110,13 +110,14 @@ def pass_queries(group: Group, resolution_s: float = RESOLUTION_S) -> dict[str, 
     at 10,000 VMs: 71 ms, against 117 ms filtering on timestamp(); benchmarks/prometheus_reads.py.)"""
     by = f"by ({group.view.namespace_label}, {group.view.name_label})"
     avail, usable, demand = _selector(AVAILABLE, group), _selector(USABLE, group), _demand(group)
-    on = f"on ({group.view.namespace_label}, {group.view.name_label})"
     fresh = _dur(group.view.stale_s)  # a range of staleAfter holds only fresh samples: no timestamp() filter
     out = {
         "latest": f"max {by} (last_over_time({avail}[{fresh}]) - last_over_time({usable}[{fresh}]))",
-        "pressure": (f"max {by} (({usable} / {avail} < {PRESSURE_HEADROOM}) and {on} "
-                     f"(rate({_selector(MAJOR_FAULTS, group)}[2m]) > {MAJOR_FAULTS_PER_S} or "
-                     f"rate({_selector(SWAP_IN, group)}[2m]) > 0))"),
+        # pressure = short and paging, joined here rather than in PromQL: the two halves run side
+        # by side and each answers only the few VMs that match (10k VMs: 222 ms as one query)
+        "short": f"{usable} / {avail} < {PRESSURE_HEADROOM}",
+        "paging": (f"rate({_selector(MAJOR_FAULTS, group)}[2m]) > {MAJOR_FAULTS_PER_S} or "
+                   f"rate({_selector(SWAP_IN, group)}[2m]) > 0"),
     }
     if group.spec.up_window_s > 0:
         out["low"] = f"min_over_time({demand}[{_dur(group.spec.up_window_s)}:{_dur(resolution_s)}])"
@@ -236,7 +237,7 @@ def assemble(answers: Mapping[str, Mapping[str, float]], group: Group, keys: Col
     out = {}
     for key in keys:
         latest = answers.get("latest", {}).get(key)
-        pressure = key in answers.get("pressure", {})
+        pressure = key in answers.get("short", {}) and key in answers.get("paging", {})
         if latest is None:  # no fresh sample
             out[key] = DemandSignal(None, None, False, pressure)
             continue
