@@ -45,9 +45,9 @@ def plot(points: dict[str, dict[str, Any]], curve: list[dict[str, Any]], title: 
     xs = [c["pressure_fraction"] for c in curve]
     ys = [c["memory_ratio"] for c in curve]
     ax.plot(xs, ys, "o-", color="tab:blue", label="dynamic-memory (bufferPercent)")
-    for c in curve:
+    for i, c in enumerate(curve):  # labels stacked: the smallest buffers sit almost on one point
         ax.annotate(f"{c['buffer_percent']}%", (c["pressure_fraction"], c["memory_ratio"]),
-                    textcoords="offset points", xytext=(6, 4), fontsize=8, color="tab:blue")
+                    textcoords="offset points", xytext=(10, 10 * i - 16), fontsize=8, color="tab:blue")
     for name, p in points.items():
         if name in ("dynamic-memory", "oracle"):
             continue
