@@ -57,6 +57,9 @@ class PassState:
     time: float = 0.0
     passes: dict[str, PolicyPass] = field(default_factory=dict)
     metrics: tuple[bool, str] = (False, "no pass yet")
+    statuses: dict[str, tuple[float, int, dict[str, Any]]] = field(default_factory=dict)
+    """Policy → (pass time, generation, status) as last built: timers tick each second, passes are
+    rarer, so a tick between passes reuses it instead of building it again."""
 
 
 @kopf.on.startup()
@@ -172,8 +175,8 @@ async def reconcile(spec: kopf.Spec, body: kopf.Body, meta: kopf.Meta, name: str
     now = time.time()
     conditions = _conditions(body)
     if policy.mode == Mode.OFF.value:
-        patch.status["conditions"] = set_condition(conditions, READY, True, "Off", "mode Off: nothing is done",
-                                                   generation, now)
+        _write_changed(patch, body, {"conditions": set_condition(conditions, READY, True, "Off",
+                                                                 "mode Off: nothing is done", generation, now)})
         return
     interval = parse_duration(policy.interval) - 0.5
     state: PassState = memo.state
@@ -182,9 +185,31 @@ async def reconcile(spec: kopf.Spec, body: kopf.Body, meta: kopf.Meta, name: str
             if time.time() - state.last >= interval:  # another policy's timer may have run it meanwhile
                 state.passes, state.metrics = await _global_pass(memo, logger, kwargs)
                 state.last = time.time()
+                state.statuses.clear()  # built for the previous pass
     result = state.passes.get(key)
     if result is None:
         return
+    built = state.statuses.get(key)
+    if built is None or built[:2] != (state.time, generation):
+        built = state.time, generation, _status(result, state, conditions, generation, now)
+        state.statuses[key] = built
+    _write_changed(patch, body, built[2])
+
+
+def _write_changed(patch: kopf.Patch, body: kopf.Body, status: Mapping[str, Any]) -> None:
+    """Patch only the status fields that differ from the object's: no heartbeat writes (API
+    conventions), so a steady fleet costs the API server nothing. lastDecisionTime goes along."""
+    current = body.get("status") or {}
+    changed = {k: v for k, v in status.items() if current.get(k) != v and k != "lastDecisionTime"}
+    if changed and "lastDecisionTime" in status:
+        changed["lastDecisionTime"] = status["lastDecisionTime"]
+    for field_name, value in changed.items():
+        patch.status[field_name] = value
+
+
+def _status(result: PolicyPass, state: PassState, conditions: list[dict[str, Any]], generation: int,
+            now: float) -> dict[str, Any]:
+    """A policy's status after a pass: conditions and the summary of its VMs."""
     ok, message = state.metrics
     conditions = set_condition(conditions, METRICS_AVAILABLE, ok, "Queried" if ok else "PrometheusUnreachable",
                                message, generation, now)
@@ -200,13 +225,8 @@ async def reconcile(spec: kopf.Spec, body: kopf.Body, meta: kopf.Meta, name: str
     conditions = set_condition(conditions, READY, True, "Reconciled",
                                f"{len(result.decisions)} running of {len(result.selected)} selected VMs decided"
                                + (f"; {overlap}" if overlap else ""), generation, now)
-    status = {"conditions": conditions, "observedGeneration": generation,
-              **summary(len(result.selected), result.decisions, state.time)}
-    current = body.get("status") or {}
-    changed = {k: v for k, v in status.items() if current.get(k) != v and k != "lastDecisionTime"}
-    if changed:  # no heartbeat writes (API conventions): a steady fleet costs the API server nothing
-        for field_name, value in {**changed, "lastDecisionTime": status["lastDecisionTime"]}.items():
-            patch.status[field_name] = value
+    return {"conditions": conditions, "observedGeneration": generation,
+            **summary(len(result.selected), result.decisions, state.time)}
 
 
 async def _global_pass(memo: kopf.Memo, logger: kopf.Logger,
