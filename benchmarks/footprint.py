@@ -104,8 +104,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             t2 = time.time()
             for ns, name in changed:
                 node = w.metrics.guests[(ns, name)].node
-                w.metrics.set(ns, name, node=node, available=2 * GIB, demand=2 * GIB - 16 * MIB,
-                              major_faults_per_s=1000.0)
+                w.metrics.short_of_memory(ns, name, node=node, available=2 * GIB)
             wait(lambda: by_user(w, t2).get("patch virtualmachines", 0) >= CHANGED, 4 * INTERVAL_S,
                  "the patches", poll_s=1)
             if not quick:

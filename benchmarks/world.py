@@ -16,9 +16,9 @@ from typing import Any, cast
 import urllib3
 from kubernetes import client, config
 
-from tests.e2e.conftest import OPERATOR_NS, ROOT, STANDIN_CRDS, Operator
+from tests.e2e.conftest import OPERATOR_NS, ROOT, STANDIN_CRDS, Operator, operator_identity
 from tests.e2e.controlplane.cluster import ControlPlane
-from tests.e2e.kube import core
+from tests.e2e.kube import add_node
 from tests.e2e.prometheus import Prometheus, free_port
 from tests.e2e.standin.controller import KubeVirtStandIn
 from tests.e2e.standin.metrics import GuestMetrics
@@ -49,13 +49,9 @@ class World:
         return op
 
     def add_nodes(self, prefix: str, count: int, memory: str) -> None:
-        """Nodes with `memory` allocatable (no kubelet: the stand-in schedules launchers on them)."""
-        nodes = core(self.api)
+        """`count` nodes of `memory` allocatable, room for 500 pods each."""
         for i in range(count):
-            nodes.create_node({"metadata": {"name": f"{prefix}-{i}", "labels": {
-                "kubernetes.io/hostname": f"{prefix}-{i}"}}})
-            nodes.patch_node_status(f"{prefix}-{i}", {"status": {"allocatable": {"memory": memory, "pods": "500"},
-                                                                 "capacity": {"memory": memory, "pods": "500"}}})
+            add_node(self.api, f"{prefix}-{i}", memory, pods="500")
 
     def policy(self, ns: str, interval: str, **spec: Any) -> None:
         """A namespace and its DynamicMemoryPolicy selecting app=db."""
@@ -110,10 +106,7 @@ def world(workdir: Path, scrape_s: float = 1.0) -> Iterator[World]:
         stack.append(prom.stop)
         kubevirt = KubeVirtStandIn(api, metrics)
         stack.append(kubevirt.stop)
-        cp.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(ROOT / "deploy" / "manifests"))
-        token = cp.kubectl("create", "token", "kubevirt-dynamic-memory", "-n", OPERATOR_NS,
-                           "--duration=4h").stdout.strip()
-        kubeconfig = cp.write_kubeconfig(workdir / "operator.kubeconfig", token)
+        kubeconfig = operator_identity(cp, workdir / "operator.kubeconfig")
         w = World(workdir, cp, api, metrics, prom, kubevirt, kubeconfig)
         stack.append(lambda: _stop_all(w.operators))
         yield w

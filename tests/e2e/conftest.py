@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client, config
 
 from tests.e2e.controlplane.cluster import Cluster, ControlPlane, ExistingCluster
-from tests.e2e.kube import core
+from tests.e2e.kube import add_node
 from tests.e2e.prometheus import Prometheus, end_process, free_port, metric_sum
 from tests.e2e.standin.controller import KubeVirtStandIn
 from tests.e2e.standin.metrics import GuestMetrics
@@ -59,11 +59,8 @@ def kubevirt(control_plane: Cluster, admin_api: client.ApiClient,
     control_plane.kubectl("apply", "--server-side", "-f", str(STANDIN_CRDS))
     for crd in ("virtualmachines", "virtualmachineinstances", "virtualmachineinstancemigrations"):
         control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}.kubevirt.io")
-    nodes_api = core(admin_api)
     for node in ("node-1", "node-2"):
-        nodes_api.create_node({"metadata": {"name": node}})
-        nodes_api.patch_node_status(node, {"status": {"allocatable": {"memory": "32Gi", "pods": "110"},
-                                                 "capacity": {"memory": "33Gi", "pods": "110"}}})
+        add_node(admin_api, node, "32Gi", "33Gi")
     standin = KubeVirtStandIn(admin_api, guest_metrics)
     yield standin
     standin.stop()
@@ -71,12 +68,16 @@ def kubevirt(control_plane: Cluster, admin_api: client.ApiClient,
 
 @pytest.fixture(scope="session")
 def operator_kubeconfig(control_plane: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """See `operator_identity`."""
+    return operator_identity(control_plane, tmp_path_factory.mktemp("operator") / "kubeconfig")
+
+
+def operator_identity(cp: Cluster, kubeconfig: Path) -> Path:
     """deploy/manifests applied (the Deployment too: no kubelet runs it here); a kubeconfig with a
     token minted for the operator's ServiceAccount, so the operator runs under exactly that RBAC."""
-    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(ROOT / "deploy" / "manifests"))
-    token = control_plane.kubectl("create", "token", "kubevirt-dynamic-memory", "-n", OPERATOR_NS,
-                                  "--duration=4h").stdout.strip()
-    return control_plane.write_kubeconfig(tmp_path_factory.mktemp("operator") / "kubeconfig", token)
+    cp.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(ROOT / "deploy" / "manifests"))
+    token = cp.kubectl("create", "token", "kubevirt-dynamic-memory", "-n", OPERATOR_NS, "--duration=4h").stdout.strip()
+    return cp.write_kubeconfig(kubeconfig, token)
 
 
 class Operator:

@@ -13,7 +13,7 @@ from kubernetes import client
 from dynamic_memory.quantity import GIB, parse_quantity
 from tests.e2e.conftest import Operator
 from tests.e2e.controlplane.cluster import Cluster
-from tests.e2e.kube import core, custom
+from tests.e2e.kube import add_node, core, custom
 from tests.e2e.prometheus import Prometheus
 from tests.e2e.standin.controller import KubeVirtStandIn
 
@@ -161,10 +161,7 @@ def test_a_node_too_small_serves_the_heavier_policy_first(
         control_plane: Cluster, admin_api: client.ApiClient, kubevirt: KubeVirtStandIn,
         operator: Operator) -> None:
     ns = "weights"
-    nodes_api = core(admin_api)
-    nodes_api.create_node({"metadata": {"name": "tiny", "labels": {"kubernetes.io/hostname": "tiny"}}})
-    nodes_api.patch_node_status("tiny", {"status": {"allocatable": {"memory": "12Gi", "pods": "110"},
-                                               "capacity": {"memory": "12Gi", "pods": "110"}}})
+    add_node(admin_api, "tiny", "12Gi")
     control_plane.ensure_namespace(ns)
     apply_policy(control_plane, ns, "gold", app="gold", weight=9000)
     apply_policy(control_plane, ns, "bronze", app="bronze", weight=1000)
@@ -175,7 +172,7 @@ def test_a_node_too_small_serves_the_heavier_policy_first(
     worst = 0
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        pods = nodes_api.list_pod_for_all_namespaces(field_selector="spec.nodeName=tiny").items
+        pods = core(admin_api).list_pod_for_all_namespaces(field_selector="spec.nodeName=tiny").items
         held = sum(parse_quantity(c.resources.requests["memory"]) for p in pods for c in p.spec.containers)
         worst = max(worst, held)
         status = policy_status(admin_api, ns, "bronze")

@@ -11,7 +11,7 @@ from kubernetes import client
 from dynamic_memory.quantity import GIB
 from tests.e2e.conftest import Operator
 from tests.e2e.controlplane.cluster import Cluster
-from tests.e2e.kube import core
+from tests.e2e.kube import add_node
 from tests.e2e.prometheus import Prometheus, metric_sum
 from tests.e2e.standin.controller import KubeVirtStandIn
 from tests.e2e.test_operator_e2e import create_vm, policy_status, setup_namespace, wait
@@ -23,11 +23,8 @@ def test_steady_state_costs_constant_queries_and_no_lists(control_plane: Cluster
                                                           kubevirt: KubeVirtStandIn, operator: Operator,
                                                           prometheus: Prometheus) -> None:
     ns = "scale"
-    nodes_api = core(admin_api)
     for i in range(8):
-        nodes_api.create_node({"metadata": {"name": f"big-{i}"}})
-        nodes_api.patch_node_status(f"big-{i}", {"status": {"allocatable": {"memory": "128Gi", "pods": "110"},
-                                                       "capacity": {"memory": "128Gi", "pods": "110"}}})
+        add_node(admin_api, f"big-{i}", "128Gi")
     setup_namespace(control_plane, ns)
     for i in range(VMS):
         kubevirt.set_demand(f"{ns}/vm-{i}", GIB // 2)  # 0.5Gi + 1Gi buffer fits the 2Gi boot size: no change

@@ -281,8 +281,8 @@ class KubeVirtStandIn:
             ns, name = key.split("/", 1)
             current = parse_quantity(vmi["status"]["memory"]["guestCurrent"])
             wanted = self.demand[key](now) if key in self.demand else current // 4
-            # a guest never shows more use than it has: it pages instead (no headroom, major faults)
-            short = wanted >= current
-            self.metrics.set(ns, name, node=vmi["status"]["nodeName"], available=current,
-                             demand=current - 16 * MIB if short else wanted,
-                             major_faults_per_s=1000.0 if short else 0.0)
+            node = vmi["status"]["nodeName"]
+            if wanted >= current:  # a guest never shows more use than it has: it pages instead
+                self.metrics.short_of_memory(ns, name, node=node, available=current)
+            else:
+                self.metrics.set(ns, name, node=node, available=current, demand=wanted)

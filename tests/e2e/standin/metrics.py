@@ -12,6 +12,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from dynamic_memory.quantity import MIB
+
 LABELS = ["name", "namespace", "node"]
 
 
@@ -57,6 +59,12 @@ class GuestMetrics:
             guest.advance(time.monotonic())
             guest.node, guest.available, guest.demand = node, available, demand
             guest.major_faults_per_s, guest.swap_in_per_s = major_faults_per_s, swap_in_per_s
+
+    def short_of_memory(self, namespace: str, name: str, *, node: str, available: int) -> None:
+        """The guest wants more than it has: it shows no more use than it has, and pages instead
+        (16 MiB of headroom, 1000 major faults a second)."""
+        self.set(namespace, name, node=node, available=available, demand=available - 16 * MIB,
+                 major_faults_per_s=1000.0)
 
     def remove(self, namespace: str, name: str) -> None:
         """The guest's metrics disappear (VM stopped, or virt-handler lost it)."""
