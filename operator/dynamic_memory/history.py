@@ -22,8 +22,8 @@ class WindowExtreme:
     With a `granularity`, time is cut in granules of that length, and a sample less extreme than
     the newest kept one of its granule is folded into it (which then lives until this sample would
     have): at most span/granularity + 1 entries, and the answer errs only towards the extreme, for
-    at most one granule. The operator
-    keeps one per VM for hours; a demand falling for the whole window would otherwise keep every sample.
+    at most one granule. The operator keeps one per VM for hours; a demand falling for the whole
+    window would otherwise keep every sample.
     """
 
     __slots__ = ("dq", "granularity", "sign", "span")

@@ -137,9 +137,10 @@ def vm_state(vm: Obj, vmi: Obj, now: float) -> VMState | None:
     boot = _quantity(memory.get("guestAtBoot"))
     current = _quantity(memory.get("guestCurrent"))
     requested = _quantity(memory.get("guestRequested"))
-    max_guest = _quantity(_get(vmi, "spec", "domain", "memory", "maxGuest"))
     if boot is None or current is None:
         return None
+    max_guest = _quantity(_get(vmi, "spec", "domain", "memory", "maxGuest"))
+    max_guest = boot if max_guest is None else max_guest
     blocked = blocked_reason(vm, vmi)
     # while a change settles the node holds the larger of both sizes until the migration ends
     assigned = max(current, requested or 0, _spec_guest(vm) or 0) if blocked else current
@@ -150,9 +151,8 @@ def vm_state(vm: Obj, vmi: Obj, now: float) -> VMState | None:
         node=_get(vmi, "status", "nodeName") or "",
         assigned=assigned,
         guest_at_boot=boot,
-        max_guest=max_guest if max_guest is not None else boot,
-        overhead=launcher_overhead_at(_quantity(memory.get("memoryOverhead")) or 0, current,
-                                      max_guest if max_guest is not None else boot),
+        max_guest=max_guest,
+        overhead=launcher_overhead_at(_quantity(memory.get("memoryOverhead")) or 0, current, max_guest),
         last_grow=parse_time(annotations.get(LAST_GROW)),
         grows_last_hour=grows,
         shrinks_last_hour=shrinks,

@@ -134,7 +134,7 @@ SEED_NAMES_MAX = 200
 
 
 def seed_pieces(window_s: float, resolution_s: float = RESOLUTION_S) -> list[float]:
-    """How far back each piece of the window ends (0 = now), each piece `piece_s` long."""
+    """How far back each piece of the window ends (0 = now); pieces are equally long, at least `resolution_s`."""
     piece = max(resolution_s, math.ceil(window_s / SEED_PIECES))
     return [k * piece for k in range(math.ceil(window_s / piece))]
 
@@ -182,10 +182,10 @@ class WindowCache:
              now: float) -> None:
         """Start the windows of `keys` from the pieces' answers (ends-ago → VM → peak)."""
         windows = self.groups.setdefault((group.spec, group.view), {})
+        span, oldest_first = group.spec.down_window_s, sorted(pieces, reverse=True)
         for key in keys:
-            span = group.spec.down_window_s
             window = _Window(WindowExtreme(span, largest=True, granularity=span / WINDOW_ENTRIES), None)
-            for ago in sorted(pieces, reverse=True):  # oldest first
+            for ago in oldest_first:
                 value = pieces[ago].get(key)
                 if value is not None:
                     window.peak.push(now - ago, max(0, int(value)))
