@@ -7,7 +7,8 @@ when the two drift. Field names are the API's own (camelCase), so there is nothi
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import re
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.config import JsonDict
@@ -35,10 +36,11 @@ def _aligned(field: str) -> JsonDict:
                 f"{field} must be a multiple of 2Mi (KubeVirt's memory hotplug block)", f".{field}")
 
 
-def _not_above(low: str, high: str) -> JsonDict:
+def _not_above(low: str, high: str, *, at: str) -> JsonDict:
+    """CEL for low ≤ high, reported at the field `at` (the one to change)."""
+    words = f"{low} must not be larger than {high}" if at == low else f"{high} must not be smaller than {low}"
     return _cel(f"!isQuantity(self.{low}) || !isQuantity(self.{high}) || "
-                f"quantity(self.{low}).compareTo(quantity(self.{high})) <= 0",
-                f"{low} must not be larger than {high}", f".{low}")
+                f"quantity(self.{low}).compareTo(quantity(self.{high})) <= 0", words, f".{at}")
 
 
 _IS_QUANTITY = _cel("isQuantity(self)", "must be a quantity such as 512Mi or 4Gi")
@@ -50,9 +52,18 @@ _DEFAULTED: JsonDict = {"default": {}}
 
 
 class _Strict(BaseModel):
-    """Unknown fields are errors: a typo must not silently become a default."""
+    """Unknown fields are errors: a typo must not silently become a default. Types are strict, as
+    the API server's schema is: `bufferPercent: "20"` is a string, not an integer."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, strict=True)
+
+
+class SpecProblems(ValueError):
+    """Problems that involve several fields, each reported at the field to change."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{field}: {message}" for field, message in problems))
+        self.problems = problems
 
 
 def _quantity(value: str) -> str:
@@ -143,16 +154,51 @@ class ScaleDown(_ScaleBase):
     maxPerHour: int = Field(1, ge=1, le=60, description="Most shrinks per VM in any hour.")
 
 
+MATCHER = r'\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(=|!=|=~|!~)\s*"([^"\\]|\\.)*"\s*'
+MATCHERS_PATTERN = rf"^({MATCHER}(,{MATCHER})*)?$"
+"""Extra label matchers a policy may add: `label="value"` pairs, comma-separated, nothing else
+(the text is pasted into every PromQL selector, so nothing else may get through)."""
+
+MIN_STALE_AFTER = "10s"
+"""staleAfter's floor. A sample arrives once per scrape interval; a staleAfter below it makes every
+VM's demand unknown between scrapes (so nothing is ever shrunk). 10s is twice the fastest scrape
+interval in common use; set it to at least twice your own."""
+
+
 class MetricsSettings(_Strict):
     """How to find KubeVirt's guest memory metrics where a Prometheus setup differs from the default."""
 
     nameLabel: str = Field("name", min_length=1, description="Label holding the VMI name.")
     namespaceLabel: str = Field("namespace", min_length=1, description="Label holding the VMI namespace.")
     matchers: str = Field("", max_length=1024, description=(
-        'Extra PromQL label matchers added to every query, e.g. job="kubevirt-prometheus-metrics".'))
-    staleAfter: Duration = Field("2m", description="Older samples count as missing: the VM is then never shrunk.")
+        'Extra PromQL label matchers added to every query, comma-separated label="value" pairs (=, !=, =~, !~), '
+        'e.g. job="kubevirt-prometheus-metrics".'), json_schema_extra={"x-kubernetes-validations": [
+            _cel(f"self.matches(r'{MATCHERS_PATTERN}')",
+                 'must be comma-separated PromQL label matchers such as job="kubevirt", nothing else')]})
+    staleAfter: Duration = Field("2m", description=(
+        f"Older samples count as missing: the VM is then never shrunk. At least {MIN_STALE_AFTER} "
+        "and at least twice Prometheus' scrape interval."))
 
-    _check_stale = field_validator("staleAfter")(_duration)
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _cel(f"duration(self.staleAfter) >= duration('{MIN_STALE_AFTER}')",
+             f"staleAfter must be at least {MIN_STALE_AFTER} (and at least twice the scrape interval)",
+             ".staleAfter")]})
+
+    @field_validator("matchers")
+    @classmethod
+    def _check_matchers(cls, value: str) -> str:
+        if not re.fullmatch(MATCHERS_PATTERN, value):
+            raise ValueError(f'{value!r} is not a list of PromQL label matchers; write comma-separated '
+                             'label="value" pairs (=, !=, =~ or !~), e.g. job="kubevirt"')
+        return value
+
+    @field_validator("staleAfter")
+    @classmethod
+    def _check_stale(cls, value: str) -> str:
+        if parse_duration(value) < parse_duration(MIN_STALE_AFTER):
+            raise ValueError(f"{value} is shorter than {MIN_STALE_AFTER}: samples arrive once per scrape, so "
+                             "demand would be unknown between scrapes (use at least twice the scrape interval)")
+        return value
 
 
 class PolicySpec(_Strict):
@@ -179,8 +225,9 @@ class PolicySpec(_Strict):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, json_schema_extra=_DEFAULTED)
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        _not_above("minimum", "startup"),
-        _not_above("startup", "maximum"),
+        _not_above("minimum", "startup", at="minimum"),
+        _not_above("startup", "maximum", at="startup"),
+        _not_above("minimum", "maximum", at="maximum"),
         _cel("!isQuantity(self.minimum) || quantity(self.minimum).compareTo(quantity('1Gi')) >= 0",
              "minimum must be at least 1Gi (KubeVirt refuses memory hotplug below 1Gi)", ".minimum"),
         _aligned("minimum"), _aligned("startup"), _aligned("maximum"),
@@ -192,18 +239,10 @@ class PolicySpec(_Strict):
 
     @model_validator(mode="after")
     def _sizes_are_consistent(self) -> PolicySpec:
-        low, start, high = (parse_quantity(v) for v in (self.minimum, self.startup, self.maximum))
-        if low < KUBEVIRT_MIN_GUEST:
-            raise ValueError(f"minimum {self.minimum} is below 1Gi (KubeVirt refuses memory hotplug below 1Gi)")
-        for name, value in (("minimum", low), ("startup", start), ("maximum", high)):
-            if value % KUBEVIRT_BLOCK:
-                raise ValueError(f"{name} {getattr(self, name)} is not a multiple of 2Mi (KubeVirt's hotplug block)")
-        if low > start:
-            raise ValueError(f"minimum {self.minimum} must not be larger than startup {self.startup}")
-        if start > high:
-            raise ValueError(f"startup {self.startup} must not be larger than maximum {self.maximum}")
-        if parse_duration(self.interval) < 1:
-            raise ValueError(f"interval {self.interval} is shorter than 1s")
+        """The CEL rules above, in Python, each reported at the field to change."""
+        problems = size_problems(self.minimum, self.startup, self.maximum, self.interval)
+        if problems:
+            raise SpecProblems(problems)
         return self
 
     def params(self) -> PolicyParams:
@@ -262,17 +301,76 @@ class PolicyStatus(BaseModel):
         "The VMs with the least headroom (at most 10)."))
 
 
-def validation_errors(spec: dict[str, Any]) -> list[str]:
-    """Every problem with a policy spec, each naming its field; empty when the spec is valid."""
+def size_problems(minimum: str, startup: str, maximum: str, interval: str) -> list[tuple[str, str]]:
+    """The rules between fields (the CEL rules of PolicySpec), as (field, message) at the field to
+    change. Values that do not parse are skipped: their own field reports them."""
+    def quantity(text: str) -> int | None:
+        try:
+            return parse_quantity(text)
+        except ValueError:
+            return None
+
+    low, start, high = quantity(minimum), quantity(startup), quantity(maximum)
+    problems = []
+    if low is not None and low < KUBEVIRT_MIN_GUEST:
+        problems.append(("minimum", f"{minimum} is below 1Gi (KubeVirt refuses memory hotplug below 1Gi)"))
+    for name, text, value in (("minimum", minimum, low), ("startup", startup, start), ("maximum", maximum, high)):
+        if value is not None and value % KUBEVIRT_BLOCK:
+            problems.append((name, f"{text} is not a multiple of 2Mi (KubeVirt's hotplug block)"))
+    if low is not None and start is not None and low > start:
+        problems.append(("minimum", f"{minimum} must not be larger than startup {startup}"))
+    if start is not None and high is not None and start > high:
+        problems.append(("startup", f"{startup} must not be larger than maximum {maximum}"))
+    if low is not None and high is not None and low > high:
+        problems.append(("maximum", f"{maximum} must not be smaller than minimum {minimum}"))
+    try:
+        if parse_duration(interval) < 1:
+            problems.append(("interval", f"{interval} is shorter than 1s"))
+    except ValueError:
+        pass
+    return problems
+
+
+def spec_problems(spec: object) -> list[tuple[str, str]]:
+    """Every problem with a policy spec as (field path, message), e.g. ("spec.minimum", "..."),
+    in the order of the fields; empty when the spec is valid."""
     from pydantic import ValidationError
 
+    if not isinstance(spec, dict):
+        return [("spec", f"must be a mapping of fields, not {type(spec).__name__}")]
     try:
         PolicySpec.model_validate(spec)
     except ValidationError as exc:
         out = []
         for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "spec"
-            msg = err["msg"].removeprefix("Value error, ")
-            out.append(f"spec.{where}: {msg}" if where != "spec" else f"spec: {msg}")
+            path = ".".join(["spec", *(str(p) for p in err["loc"])])
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, SpecProblems):
+                out += [(f"{path}.{field}", message) for field, message in cause.problems]
+            else:
+                out.append((path, _words(err["type"], err["msg"], err.get("input"))))
+        if not any(isinstance((e.get("ctx") or {}).get("error"), SpecProblems) for e in exc.errors()):
+            # the rules between fields run after the fields' own; the API server reports both at once
+            fields = PolicySpec.model_fields
+            values = [spec.get(f, fields[f].default) for f in ("minimum", "startup", "maximum", "interval")]
+            if all(isinstance(v, str) for v in values):
+                out += [(f"spec.{field}", message) for field, message in size_problems(*values)]
         return out
     return []
+
+
+def _words(kind: str, msg: str, value: object) -> str:
+    """pydantic's message, in the API server's terms where they differ."""
+    msg = msg.removeprefix("Value error, ")
+    if kind in ("int_type", "string_type", "dict_type", "list_type", "bool_type"):
+        wanted = {"int_type": "an integer", "string_type": "a string", "dict_type": "a mapping",
+                  "list_type": "a list", "bool_type": "true or false"}[kind]
+        return f"must be {wanted}, not {value!r}"
+    if kind == "extra_forbidden":
+        return "unknown field (check its spelling; unknown fields are refused, not ignored)"
+    return msg
+
+
+def validation_errors(spec: object) -> list[str]:
+    """Every problem with a policy spec as one line each, `spec.field: message`; empty when valid."""
+    return [f"{path}: {message}" for path, message in spec_problems(spec)]

@@ -101,6 +101,17 @@ class VMState:
 
 
 @dataclass(frozen=True, slots=True)
+class VMHistory:
+    """One VM's past as Prometheus keeps it (for `recommend`): demand samples, oldest first."""
+
+    node: str
+    demand: tuple[tuple[float, int], ...]
+    """(Unix seconds, bytes of demand)."""
+    size: int
+    """Guest memory now (the domain's current memory)."""
+
+
+@dataclass(frozen=True, slots=True)
 class DemandSignal:
     """What the metrics say of one guest's demand at decision time (all in bytes).
 

@@ -28,6 +28,7 @@ class Static:
     trace's provisioned size); a change only ever follows that size moving."""
 
     name = "static"
+    follows_demand = False
 
     def signal_spec(self, params: PolicyParams) -> SignalSpec:
         """Reads nothing."""
@@ -48,6 +49,7 @@ class HyperV:
     shortage memory goes by weight (buffers first to give way)."""
 
     name = "hyperv"
+    follows_demand = True
 
     def signal_spec(self, params: PolicyParams) -> SignalSpec:
         """Newest demand only."""
@@ -74,6 +76,7 @@ class Proxmox:
     The host's used memory is the sum of its VMs' memory (a guest's RAM is resident on the host)."""
 
     name = "proxmox"
+    follows_demand = True
     target_percent = 80
     deadband = 10 * MIB
     change_per_s = 10 * MIB  # 100 MiB per 10 s round
@@ -118,6 +121,7 @@ class VPA:
     margin, applied when the current size is more than 10 % away from it."""
 
     name = "vpa"
+    follows_demand = True
     window_s = 24 * 3600.0
     quantile = 0.9
     margin_percent = 15

@@ -44,6 +44,8 @@ class Policy(Protocol):
     """A memory policy the simulator can run: ours or a baseline."""
 
     name: str
+    follows_demand: bool
+    """False for a policy that never sizes by demand (static): its runs are not expected to resize."""
 
     def signal_spec(self, params: PolicyParams) -> SignalSpec:
         """The statistics this policy needs from the metrics."""
@@ -124,6 +126,7 @@ class DynamicMemory:
     """The kubevirt-dynamic-memory policy (demand + buffer, KubeVirt-aware hysteresis, node budget)."""
 
     name = "dynamic-memory"
+    follows_demand = True
 
     def signal_spec(self, params: PolicyParams) -> SignalSpec:
         """Lowest demand of the scale-up window, highest of the scale-down window."""

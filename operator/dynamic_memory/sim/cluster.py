@@ -90,8 +90,22 @@ class SimResult:
     """KubeVirt rules a decision broke (must stay empty for our engine)."""
     reasons: list[str] = field(default_factory=list)
     """The words of every change, in order (the first few go in the report)."""
+    fresh_signals: int = 0
+    """Decisions made with a fresh demand sample (0: the policy only ever saw unknown demand)."""
+    stale_s: float = 0.0
+    follows_demand: bool = True
 
-    def summary(self, vm_count: int, days: float, static_bytes: int) -> dict[str, float | int | str]:
+    def warnings(self) -> list[str]:
+        """What makes this run's figures meaningless, in words (empty when nothing does)."""
+        out = []
+        if not self.fresh_signals:
+            out.append(f"never received a fresh sample (samples older than {self.stale_s:.0f}s count as missing), "
+                       "so every VM stayed at its start size: the figures say nothing about the policy")
+        if not self.resizes and self.follows_demand:
+            out.append("decided no resize in the whole run")
+        return out
+
+    def summary(self, vm_count: int, days: float, static_bytes: int) -> dict[str, float | int | str | list[str]]:
         """Figures for the comparison table."""
         tl = self.timeline
         steps = len(tl.t)
@@ -107,6 +121,7 @@ class SimResult:
             "resizes_per_vm_day": round(self.resizes / max(vm_count * days, 1e-9), 3),
             "node_over_capacity_steps": over,
             "kubevirt_violations": len(self.violations),
+            "warnings": self.warnings(),
         }
 
 
@@ -135,7 +150,7 @@ def simulate(policy: Policy, nodes: Sequence[SimNode], vms: Sequence[SimVM], *, 
         max_guest = boot if boot_at_provisioned else sim_vm.max_guest or max(sim_vm.params.maximum, boot)
         spec = policy.signal_spec(sim_vm.params)
         lives.append(_Live(sim_vm, boot, boot, max_guest, DemandHistory(spec, stale_s)))
-    result = SimResult(policy.name, Timeline())
+    result = SimResult(policy.name, Timeline(), stale_s=stale_s, follows_demand=policy.follows_demand)
     tl = result.timeline
     for live in lives:
         tl.demand[live.vm.name] = []
@@ -161,7 +176,9 @@ def simulate(policy: Policy, nodes: Sequence[SimNode], vms: Sequence[SimVM], *, 
             state = VMState(live.vm.name, live.vm.node, max(live.pending, live.assigned), live.guest_at_boot,
                             live.max_guest, launcher_overhead(live.max_guest), live.last_grow, grows,
                             len(live.log) - grows, blocked)
-            entries.append(Entry(state, live.history.signal(now), live.vm.params))
+            signal = live.history.signal(now)
+            result.fresh_signals += signal.latest is not None
+            entries.append(Entry(state, signal, live.vm.params))
         rooms: dict[str, int | None] = {
             n: capacity[n] - sum(e.vm.overhead for e in entries if e.vm.node == n) for n in capacity}
         decisions = policy.plan(entries, rooms, now)

@@ -25,7 +25,8 @@ def run_all(scenario: Scenario, chosen: Sequence[Policy], *, progress: bool = Fa
     out = {}
     for policy in tqdm(chosen, desc=scenario.name, unit="policy", disable=not progress):
         out[policy.name] = simulate(policy, scenario.nodes, scenario.vms, duration_s=scenario.duration_s,
-                                    step_s=scenario.step_s, boot_at_provisioned=policy.name == "static")
+                                    step_s=scenario.step_s, stale_s=scenario.stale_s,
+                                    boot_at_provisioned=policy.name == "static")
     return out
 
 
@@ -50,19 +51,30 @@ def summarise(scenario: Scenario, results: Mapping[str, SimResult]) -> dict[str,
 COLUMNS = [("policy", "policy", "{}"), ("mean_assigned_gib", "mean GiB", "{:.2f}"),
            ("memory_ratio", "vs static", "{:.3f}"), ("pressure_fraction", "pressure", "{:.4f}"),
            ("resizes_per_vm_day", "resizes/VM/day", "{:.2f}"), ("node_over_capacity_steps", "over room", "{}"),
-           ("kubevirt_violations", "KubeVirt refusals", "{}")]
+           ("kubevirt_violations", "KubeVirt refusals", "{}"), ("warnings", "warnings", "{}")]
 
 
 def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, str]] = COLUMNS) -> str:
     """A Markdown table, readable in a terminal and pasteable into the README."""
     head = [title for _, title, _ in columns]
-    body = [[fmt.format(row[key]) for key, _, fmt in columns] for row in rows]
+    body = [[_cell(row[key], fmt) for key, _, fmt in columns] for row in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body, strict=False)]
     lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
              "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     lines += ["| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
               + " |" for r in body]
     return "\n".join(lines)
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if isinstance(value, list):  # warnings: how many; the words are printed under the table
+        return f"{len(value)} (see below)" if value else "-"
+    return fmt.format(value)
+
+
+def warning_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The warnings of a table's rows, one line each, naming the policy."""
+    return [f"warning: {row['policy']}: {w}" for row in rows for w in row.get("warnings", [])]
 
 
 def write_report(out_dir: Path, scenario: Scenario, results: Mapping[str, SimResult]) -> dict[str, Any]:

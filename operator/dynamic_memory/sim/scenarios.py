@@ -15,7 +15,7 @@ from pathlib import Path
 from dynamic_memory.model import PolicyParams
 from dynamic_memory.quantity import GIB, MIB
 from dynamic_memory.sim.cluster import DemandFn, SimNode, SimVM
-from dynamic_memory.sim.traces import VMTrace, load_traces
+from dynamic_memory.sim.traces import TraceError, VMTrace, load_traces
 
 HOUR = 3600.0
 DAY = 24 * HOUR
@@ -31,6 +31,18 @@ class Scenario:
     vms: list[SimVM]
     duration_s: float
     step_s: float
+    """Decisions and metric samples this often."""
+    stale_s: float = 120.0
+    """A sample older than this is missing (the operator's staleAfter); follows the sampling interval."""
+
+    def with_policy(self, params: PolicyParams, *, keep_sizes: bool) -> Scenario:
+        """Every VM under one policy (a user's --policy-file). With keep_sizes, each VM keeps its
+        startup, minimum and maximum (a trace's provisioned sizes), and takes the policy's knobs."""
+        def knobs(vm: SimVM) -> PolicyParams:
+            if not keep_sizes:
+                return params
+            return replace(params, startup=vm.params.startup, minimum=vm.params.minimum, maximum=vm.params.maximum)
+        return replace(self, vms=[replace(vm, params=knobs(vm)) for vm in self.vms])
 
 
 def _params(startup_gib: float, maximum_gib: float, weight: int = 5000) -> PolicyParams:
@@ -112,9 +124,20 @@ class TraceDemand:
         return max(usage[j], 64 * MIB)
 
 
+STALE_SAMPLES = 3
+"""A sample counts as missing once this many sampling intervals passed without a newer one."""
+
+
 def from_trace(path: str | Path, vms: int = 24, days: float = 3.0, node_gib: int = 256) -> Scenario:
-    """Real demand: the first `vms` VMs of a trace file in the shared format, packed onto nodes."""
-    traces = [t for t in load_traces(path) if max(t.provisioned) >= 2 * GIB][:vms]
+    """Real demand: the first `vms` VMs of a trace file in the shared format, packed onto nodes.
+    Steps follow the trace's own sampling interval, and so does staleness (three missed samples)."""
+    loaded = load_traces(path)
+    traces = [t for t in loaded if max(t.provisioned) >= 2 * GIB][:vms]
+    if not traces:
+        raise TraceError(f"{path}: none of its {len(loaded)} VMs has 2 GiB or more provisioned; the simulator "
+                         "needs room to resize (dynamic-memory replay scores VMs of any size)")
+    gaps = sorted(t.sample_s for t in traces if t.sample_s > 0)
+    step_s = gaps[len(gaps) // 2] if gaps else 300.0
     out, nodes, used = [], [SimNode("node-0", node_gib * GIB)], 0
     for _i, tr in enumerate(traces):
         prov = max(tr.provisioned) // (2 * MIB) * (2 * MIB)
@@ -124,7 +147,8 @@ def from_trace(path: str | Path, vms: int = 24, days: float = 3.0, node_gib: int
         used += prov
         params = replace(_params(1, 1), maximum=max(prov, GIB))
         out.append(SimVM(f"vm-{tr.vm}", nodes[-1].name, params, TraceDemand(tr), max(prov, GIB)))
-    return Scenario("trace", f"{len(out)} VMs of {Path(path).name}", nodes, out, days * DAY, 300)
+    return Scenario("trace", f"{len(out)} VMs of {Path(path).name}, sampled every {step_s:.0f}s", nodes, out,
+                    days * DAY, step_s, stale_s=STALE_SAMPLES * step_s)
 
 
 SCENARIOS: dict[str, Callable[[], Scenario]] = {

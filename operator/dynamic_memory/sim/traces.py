@@ -6,10 +6,13 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import zlib
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from dynamic_memory.errors import UserError
 
 REQUIRED = ("vm", "timestamp_s", "memory_provisioned_kib", "memory_usage_kib")
 
@@ -24,39 +27,83 @@ class VMTrace:
     usage: array[int]
 
     @property
+    def sample_s(self) -> float:
+        """Its sampling interval: the median gap between samples (0 with fewer than two)."""
+        gaps = sorted(b - a for a, b in zip(self.ts, self.ts[1:], strict=False))
+        return float(gaps[len(gaps) // 2]) if gaps else 0.0
+
+    @property
     def days(self) -> float:
         """Days from the first sample to the last."""
         return (self.ts[-1] - self.ts[0]) / 86400 if len(self.ts) > 1 else 0.0
 
 
-class TraceError(ValueError):
-    """The file is not a trace in the shared format."""
+class TraceError(UserError):
+    """The file is not a trace in the shared format; the message names the file and line."""
+
+
+FORMAT = "a CSV file (plain or gzip) with the columns " + ", ".join(REQUIRED)
 
 
 def _open(path: Path) -> io.TextIOBase:
-    with path.open("rb") as probe:
-        gz = probe.read(2) == b"\x1f\x8b"
+    try:
+        with path.open("rb") as probe:
+            gz = probe.read(2) == b"\x1f\x8b"
+    except FileNotFoundError:
+        raise TraceError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise TraceError(f"{path}: is a folder, not a trace file") from None
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read it ({exc.strerror})") from None
     if gz:
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
     return path.open("r", encoding="utf-8", newline="")
 
 
+def _row(path: Path, line: int, row: list[str], idx: tuple[int, int, int, int]) -> tuple[str, int, int, int]:
+    """One sample, checked: a trace with negative or impossible values is refused, not guessed at."""
+    iv, it, ip, iu = idx
+    try:
+        vm, t, prov, use = row[iv].strip(), int(row[it]), int(row[ip]), int(row[iu])
+    except IndexError:
+        raise TraceError(f"{path}:{line}: {len(row)} columns, the header has more") from None
+    except ValueError:
+        raise TraceError(f"{path}:{line}: timestamp_s, memory_provisioned_kib and memory_usage_kib must be "
+                         f"whole numbers: {row!r}") from None
+    if not vm:
+        raise TraceError(f"{path}:{line}: the vm column is empty")
+    if t < 0:
+        raise TraceError(f"{path}:{line}: timestamp_s {t} is negative")
+    if prov < 0:
+        raise TraceError(f"{path}:{line}: memory_provisioned_kib {prov} is negative (0 marks a VM that is not there)")
+    if use < 0:
+        raise TraceError(f"{path}:{line}: memory_usage_kib {use} is negative (0 marks a missing sample)")
+    return vm, t, prov * 1024, use * 1024
+
+
 def _rows(path: Path) -> Iterator[tuple[str, int, int, int]]:
-    with _open(path) as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            raise TraceError(f"{path}: empty file")
-        cols = [h.strip() for h in header]
-        missing = [c for c in REQUIRED if c not in cols]
-        if missing:
-            raise TraceError(f"{path}: missing column(s) {', '.join(missing)}; need {', '.join(REQUIRED)}")
-        iv, it, ip, iu = (cols.index(c) for c in REQUIRED)
-        for line, row in enumerate(reader, start=2):
-            try:
-                yield row[iv], int(row[it]), int(row[ip]) * 1024, int(row[iu]) * 1024
-            except (ValueError, IndexError) as exc:
-                raise TraceError(f"{path}:{line}: bad row {row!r} ({exc})") from exc
+    line = 1
+    try:
+        with _open(path) as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                raise TraceError(f"{path}: empty file; a trace is {FORMAT}")
+            cols = [h.strip() for h in header]
+            missing = [c for c in REQUIRED if c not in cols]
+            if missing:
+                raise TraceError(f"{path}:1: missing column(s) {', '.join(missing)}; a trace is {FORMAT}")
+            idx = (cols.index(REQUIRED[0]), cols.index(REQUIRED[1]), cols.index(REQUIRED[2]), cols.index(REQUIRED[3]))
+            for row in reader:
+                line = reader.line_num
+                if row:
+                    yield _row(path, line, row, idx)
+    except UnicodeDecodeError:
+        raise TraceError(f"{path}:{line + 1}: not text (bytes that are not UTF-8); a trace is {FORMAT}") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise TraceError(f"{path}: the gzip data is damaged or cut short after line {line} ({exc})") from None
+    except csv.Error as exc:
+        raise TraceError(f"{path}:{line + 1}: not CSV ({exc}); a trace is {FORMAT}") from None
 
 
 def load_traces(path: str | Path) -> list[VMTrace]:
@@ -78,5 +125,5 @@ def load_traces(path: str | Path) -> list[VMTrace]:
                     array("q", (cols[2][i] for i in order)))
         out.append(VMTrace(vm, *cols))
     if not out:
-        raise TraceError(f"{path}: no samples")
+        raise TraceError(f"{path}: a header but no samples; a trace is {FORMAT}")
     return out

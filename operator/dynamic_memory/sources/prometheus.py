@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from dynamic_memory.history import WindowExtreme
-from dynamic_memory.model import DemandSignal
+from dynamic_memory.model import DemandSignal, VMHistory
 from dynamic_memory.policy.engine import SignalSpec
 
 AVAILABLE = "kubevirt_vmi_memory_available_bytes"
+DOMAIN = "kubevirt_vmi_memory_domain_bytes"
 USABLE = "kubevirt_vmi_memory_usable_bytes"
 MAJOR_FAULTS = "kubevirt_vmi_memory_pgmajfault_total"
 SWAP_IN = "kubevirt_vmi_memory_swap_in_traffic_bytes"
@@ -33,11 +34,6 @@ PRESSURE_HEADROOM = 0.05
 MAJOR_FAULTS_PER_S = 10.0
 RESOLUTION_S = 60.0
 """Default step of the window subqueries: the peak is the highest of the per-minute demand values."""
-
-MATCHER = r'\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(=|!=|=~|!~)\s*"([^"\\]|\\.)*"\s*'
-MATCHERS_PATTERN = rf"^({MATCHER}(,{MATCHER})*)?$"
-"""Extra label matchers a policy may add: `label="value"` pairs, comma-separated, nothing else."""
-
 
 @dataclass(frozen=True, slots=True)
 class MetricsView:
@@ -318,3 +314,54 @@ class PrometheusSource:
             answers.update(self.windows.update(group, keys, answers["latest"], now))
             out.update(assemble(answers, group, keys, now, res))
         return out
+
+    def ping(self) -> str | None:
+        """None when Prometheus answers a query; otherwise why not, in words."""
+        try:
+            self.client.headers = self._headers()
+            self.client.custom_query("vector(1)")
+        except Exception as exc:  # requests' and the client's own errors alike
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def history(self, matchers: Collection[str], view: MetricsView, start: float, end: float,
+                step_s: float) -> dict[str, VMHistory]:
+        """Every matching VM's demand from `start` to `end`, and its size at the end (range queries;
+        for `recommend`, which reads once and decides once)."""
+        labels = ", ".join(matchers)
+        by = f"by ({view.namespace_label}, {view.name_label})"
+        demand = f"max {by} ({AVAILABLE}{{{labels}}} - {USABLE}{{{labels}}})"  # one series across migrations
+        by_node = f"by ({view.namespace_label}, {view.name_label}, node)"
+        size = f"max {by_node} ({DOMAIN}{{{labels}}}) or max {by_node} ({AVAILABLE}{{{labels}}})"
+        self.client.headers = self._headers()
+        try:
+            demand_rows = self.client.custom_query_range(demand, start_time=_utc(start), end_time=_utc(end),
+                                                         step=_dur(step_s))
+            size_rows = self.client.custom_query(size, params={"time": end})
+        except Exception as exc:  # requests' and the client's own errors alike
+            raise PrometheusError(f"{type(exc).__name__}: {exc}") from exc
+        self.queries_sent += 2
+        sizes = vector(size_rows, view)
+        nodes = {key: str(item["metric"].get("node", "")) for item in size_rows
+                 if (key := _key(item, view)) is not None}
+        out = {}
+        for item in demand_rows:
+            key = _key(item, view)
+            if key is None or key not in sizes:
+                continue
+            samples = tuple((float(t), max(0, int(float(v)))) for t, v in item.get("values", [])
+                            if math.isfinite(float(v)))
+            out[key] = VMHistory(nodes.get(key, ""), samples, int(sizes[key]))
+        return out
+
+
+def _utc(t: float) -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(t, tz=UTC)
+
+
+def _key(item: Mapping[str, Any], view: MetricsView) -> str | None:
+    metric = item.get("metric", {})
+    ns, name = metric.get(view.namespace_label), metric.get(view.name_label)
+    return f"{ns}/{name}" if ns and name else None
