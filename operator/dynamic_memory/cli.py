@@ -231,7 +231,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                                                  args.prometheus_insecure), keep_windows=False)
     end = time.time()
     start = end - args.days * 86400
-    step = max(60.0, (end - start) / 10_000)  # Prometheus answers at most 11,000 points a series
+    step = max(1.0, (end - start) / 2_000)  # each point holds the peak of its step
     try:
         histories = source.history(matchers or [f'{view.name_label}!=""'], view, start, end, step)
     except PrometheusError as exc:
@@ -264,9 +264,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     shrink = sum(r.size - r.target for r in recs if r.target < r.size)
     grow = sum(r.target - r.size for r in recs if r.target > r.size)
     unknown = sum(r.demand_peak is None for r in recs)
-    print(f"\ntotal: {format_bytes(now)} now → {format_bytes(then)}: {format_bytes(max(0, now - then))} freed "
-          f"({(now - then) / now:.0%}); shrinks free {format_bytes(shrink)}, grows add {format_bytes(grow)}, "
-          f"{sum(r.target == r.size for r in recs)} of {len(recs)} VMs keep their size")
+    net = (f"{format_bytes(now - then)} freed ({(now - then) / now:.0%})" if now >= then
+           else f"{format_bytes(then - now)} more needed ({(then - now) / now:.0%})")
+    print(f"\ntotal: {format_bytes(now)} now → {format_bytes(then)}: {net}; shrinks free {format_bytes(shrink)}, "
+          f"grows add {format_bytes(grow)}, {sum(r.target == r.size for r in recs)} of {len(recs)} VMs keep their size")
     if unknown:
         print(f"{unknown} VMs have no fresh samples: kept at their size (unknown demand never shrinks a VM)")
     return 0

@@ -25,6 +25,7 @@ from dynamic_memory import metrics
 from dynamic_memory.actuators.kubevirt import boot_patch, held_patch, recommend_patch, resize_patch
 from dynamic_memory.api import GROUP, PLURAL, VERSION, PolicySpec, validation_errors
 from dynamic_memory.config import OperatorConfig
+from dynamic_memory.errors import UserError
 from dynamic_memory.model import Decision, DemandSignal, Mode
 from dynamic_memory.quantity import format_bytes, parse_duration
 from dynamic_memory.reconcile import (
@@ -72,7 +73,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     settings.persistence.finalizer = "dynamicmemory.io/finalizer"
-    cfg = OperatorConfig.from_env()
+    try:
+        cfg = OperatorConfig.from_env()
+    except UserError as exc:  # a configuration error: no retry can fix it, so stop at once
+        raise kopf.PermanentError(str(exc)) from None
     memo.config = cfg
     memo.prometheus = PrometheusSource(PrometheusSettings(cfg.prometheus_url, cfg.prometheus_token_file,
                                                           cfg.prometheus_ca_file, cfg.prometheus_insecure))
@@ -86,6 +90,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
     memo.state = PassState()
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, registry=metrics.REGISTRY)
+    problem = await asyncio.to_thread(memo.prometheus.ping)
+    if problem:  # may be transient (Prometheus restarting): warn, and let every pass try again
+        logger.warning(f"Prometheus at {cfg.prometheus_url} does not answer ({problem}); until it does, every "
+                       "VM's demand is unknown (nothing is shrunk) and policies show MetricsAvailable=False")
     logger.info(f"dynamic-memory operator started; Prometheus at {cfg.prometheus_url}")
 
 

@@ -330,7 +330,9 @@ class PrometheusSource:
         for `recommend`, which reads once and decides once)."""
         labels = ", ".join(matchers)
         by = f"by ({view.namespace_label}, {view.name_label})"
-        demand = f"max {by} ({AVAILABLE}{{{labels}}} - {USABLE}{{{labels}}})"  # one series across migrations
+        # one series across migrations; each point the highest of its step, so no peak falls between points
+        demand = (f"max_over_time((max {by} ({AVAILABLE}{{{labels}}} - {USABLE}{{{labels}}}))"
+                  f"[{_dur(step_s)}:{_dur(min(step_s, RESOLUTION_S))}])")
         by_node = f"by ({view.namespace_label}, {view.name_label}, node)"
         size = f"max {by_node} ({DOMAIN}{{{labels}}}) or max {by_node} ({AVAILABLE}{{{labels}}})"
         self.client.headers = self._headers()

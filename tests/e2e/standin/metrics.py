@@ -3,6 +3,7 @@ demand the tests set. Served over HTTP for a real Prometheus to scrape."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from dynamic_memory.quantity import MIB
 
 LABELS = ["name", "namespace", "node"]
+LABEL_PREFIX = "kubernetes_vmi_label_"
 
 
 @dataclass
@@ -31,6 +33,8 @@ class Guest:
     major_faults: float = 0.0
     swapped_in: float = 0.0
     last: float = field(default_factory=time.monotonic)
+    vmi_labels: dict[str, str] = field(default_factory=dict)
+    """The VMI's labels, exported as virt-handler does: kubernetes_vmi_label_<key, with . / - as _>."""
 
     def advance(self, now: float) -> None:
         dt, self.last = now - self.last, now
@@ -49,13 +53,17 @@ class GuestMetrics:
         self.port = 0
 
     def set(self, namespace: str, name: str, *, node: str = "node-1", available: int, demand: int,
-            major_faults_per_s: float = 0.0, swap_in_per_s: float = 0.0) -> None:
+            major_faults_per_s: float = 0.0, swap_in_per_s: float = 0.0,
+            vmi_labels: dict[str, str] | None = None) -> None:
         """Create or change a guest."""
         with self.lock:
             guest = self.guests.get((namespace, name))
             if guest is None:
-                self.guests[(namespace, name)] = Guest(node, available, demand, major_faults_per_s, swap_in_per_s)
+                self.guests[(namespace, name)] = Guest(node, available, demand, major_faults_per_s, swap_in_per_s,
+                                                       vmi_labels=dict(vmi_labels or {}))
                 return
+            if vmi_labels is not None:
+                guest.vmi_labels = dict(vmi_labels)
             guest.advance(time.monotonic())
             guest.node, guest.available, guest.demand = node, available, demand
             guest.major_faults_per_s, guest.swap_in_per_s = major_faults_per_s, swap_in_per_s
@@ -73,19 +81,25 @@ class GuestMetrics:
 
     def collect(self) -> Iterator[Metric]:
         """What virt-handler would export now."""
-        fams: dict[str, Any] = {
-            "available": GaugeMetricFamily("kubevirt_vmi_memory_available_bytes", "guest RAM", labels=LABELS),
-            "usable": GaugeMetricFamily("kubevirt_vmi_memory_usable_bytes", "MemAvailable", labels=LABELS),
-            "unused": GaugeMetricFamily("kubevirt_vmi_memory_unused_bytes", "MemFree", labels=LABELS),
-            "swap": GaugeMetricFamily("kubevirt_vmi_memory_swap_in_traffic_bytes", "swapped in", labels=LABELS),
-            "faults": CounterMetricFamily("kubevirt_vmi_memory_pgmajfault", "major faults", labels=LABELS),
-        }
         now = time.monotonic()
         with self.lock:
+            # one label set per family: a guest without one of the VMI labels gets "" (absent in Prometheus)
+            extra = sorted({LABEL_PREFIX + re.sub(r"[./-]", "_", k) for g in self.guests.values() for k in g.vmi_labels})
+            names = LABELS + extra
+            fams: dict[str, Any] = {
+                "available": GaugeMetricFamily("kubevirt_vmi_memory_available_bytes", "guest RAM", labels=names),
+                "usable": GaugeMetricFamily("kubevirt_vmi_memory_usable_bytes", "MemAvailable", labels=names),
+                "unused": GaugeMetricFamily("kubevirt_vmi_memory_unused_bytes", "MemFree", labels=names),
+                "domain": GaugeMetricFamily("kubevirt_vmi_memory_domain_bytes", "memory in domain xml", labels=names),
+                "swap": GaugeMetricFamily("kubevirt_vmi_memory_swap_in_traffic_bytes", "swapped in", labels=names),
+                "faults": CounterMetricFamily("kubevirt_vmi_memory_pgmajfault", "major faults", labels=names),
+            }
             for (ns, name), g in self.guests.items():
                 g.advance(now)
-                labels = [name, ns, g.node]
+                mine = {LABEL_PREFIX + re.sub(r"[./-]", "_", k): v for k, v in g.vmi_labels.items()}
+                labels = [name, ns, g.node] + [mine.get(k, "") for k in extra]
                 usable = max(0, g.available - g.demand)
+                fams["domain"].add_metric(labels, g.available)
                 fams["available"].add_metric(labels, g.available)
                 fams["usable"].add_metric(labels, usable)
                 fams["unused"].add_metric(labels, usable // 2)
