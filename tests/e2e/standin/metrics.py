@@ -19,6 +19,11 @@ LABELS = ["name", "namespace", "node"]
 LABEL_PREFIX = "kubernetes_vmi_label_"
 
 
+def _label(key: str) -> str:
+    """virt-handler's metric label for a VMI label key."""
+    return LABEL_PREFIX + re.sub(r"[./-]", "_", key)
+
+
 @dataclass
 class Guest:
     """One guest's memory as its balloon driver reports it."""
@@ -84,7 +89,7 @@ class GuestMetrics:
         now = time.monotonic()
         with self.lock:
             # one label set per family: a guest without one of the VMI labels gets "" (absent in Prometheus)
-            extra = sorted({LABEL_PREFIX + re.sub(r"[./-]", "_", k) for g in self.guests.values() for k in g.vmi_labels})
+            extra = sorted({_label(k) for g in self.guests.values() for k in g.vmi_labels})
             names = LABELS + extra
             fams: dict[str, Any] = {
                 "available": GaugeMetricFamily("kubevirt_vmi_memory_available_bytes", "guest RAM", labels=names),
@@ -96,7 +101,7 @@ class GuestMetrics:
             }
             for (ns, name), g in self.guests.items():
                 g.advance(now)
-                mine = {LABEL_PREFIX + re.sub(r"[./-]", "_", k): v for k, v in g.vmi_labels.items()}
+                mine = {_label(k): v for k, v in g.vmi_labels.items()}
                 labels = [name, ns, g.node] + [mine.get(k, "") for k in extra]
                 usable = max(0, g.available - g.demand)
                 fams["domain"].add_metric(labels, g.available)
