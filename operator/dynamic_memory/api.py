@@ -8,7 +8,7 @@ when the two drift. Field names are the API's own (camelCase), so there is nothi
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.config import JsonDict
@@ -348,7 +348,7 @@ def spec_problems(spec: object) -> list[tuple[str, str]]:
             if isinstance(cause, SpecProblems):
                 out += [(f"{path}.{field}", message) for field, message in cause.problems]
             else:
-                out.append((path, _words(err["type"], err["msg"], err.get("input"))))
+                out.append((path, _words(err["type"], err["msg"], err.get("input"), err.get("ctx") or {})))
         if not any(isinstance((e.get("ctx") or {}).get("error"), SpecProblems) for e in exc.errors()):
             # the rules between fields run after the fields' own; the API server reports both at once
             fields = PolicySpec.model_fields
@@ -359,9 +359,13 @@ def spec_problems(spec: object) -> list[tuple[str, str]]:
     return []
 
 
-def _words(kind: str, msg: str, value: object) -> str:
+def _words(kind: str, msg: str, value: object, ctx: dict[str, Any]) -> str:
     """pydantic's message, in the API server's terms where they differ."""
     msg = msg.removeprefix("Value error, ")
+    if kind == "greater_than_equal":
+        return f"must be at least {ctx['ge']}, not {value!r}"
+    if kind == "less_than_equal":
+        return f"must be at most {ctx['le']}, not {value!r}"
     if kind in ("int_type", "string_type", "dict_type", "list_type", "bool_type"):
         wanted = {"int_type": "an integer", "string_type": "a string", "dict_type": "a mapping",
                   "list_type": "a list", "bool_type": "true or false"}[kind]

@@ -24,18 +24,28 @@ def test_defaults_are_hyperv_like() -> None:
 
 
 @pytest.mark.parametrize(("change", "field", "words"), [
-    ({"minimum": "4Gi"}, "spec", "minimum 4Gi must not be larger than startup 2Gi"),
-    ({"startup": "32Gi"}, "spec", "startup 32Gi must not be larger than maximum 16Gi"),
-    ({"minimum": "512Mi", "startup": "1Gi"}, "spec", "below 1Gi"),
-    ({"maximum": "16.5G"}, "spec", "not a multiple of 2Mi"),
-    ({"bufferPercent": 3000}, "spec.bufferPercent", "less than or equal to 2000"),
-    ({"bufferPercent": 4}, "spec.bufferPercent", "greater than or equal to 5"),
-    ({"weight": 10001}, "spec.weight", "less than or equal to 10000"),
+    ({"minimum": "4Gi"}, "spec.minimum", "4Gi must not be larger than startup 2Gi"),
+    ({"startup": "32Gi"}, "spec.startup", "32Gi must not be larger than maximum 16Gi"),
+    ({"minimum": "4Gi", "startup": "4Gi", "maximum": "2Gi"}, "spec.maximum",
+     "2Gi must not be smaller than minimum 4Gi"),
+    ({"minimum": "512Mi", "startup": "1Gi"}, "spec.minimum", "below 1Gi"),
+    ({"maximum": "16.5G"}, "spec.maximum", "not a multiple of 2Mi"),
+    ({"bufferPercent": 3000}, "spec.bufferPercent", "must be at most 2000, not 3000"),
+    ({"bufferPercent": 4}, "spec.bufferPercent", "must be at least 5, not 4"),
+    ({"weight": 10001}, "spec.weight", "must be at most 10000"),
     ({"startup": "two gigs"}, "spec.startup", "not a Kubernetes quantity"),
     ({"interval": "30"}, "spec.interval", "not a duration"),
-    ({"interval": "0s"}, "spec", "shorter than 1s"),
+    ({"interval": "0s"}, "spec.interval", "shorter than 1s"),
+    ({"bufferPercent": "20"}, "spec.bufferPercent", "must be an integer, not '20'"),
+    ({"weight": 5000.0}, "spec.weight", "must be an integer"),
+    ({"selector": {"matchLabels": {"version": 2}}}, "spec.selector.matchLabels.version", "must be a string"),
+    ({"metrics": {"staleAfter": "0s"}}, "spec.metrics.staleAfter", "shorter than 10s"),
+    ({"metrics": {"matchers": 'job="a"} or vector(1) or x{a="b"'}}, "spec.metrics.matchers",
+     "is not a list of PromQL label matchers"),
+    ({"metrics": {"matchers": "job=kubevirt"}}, "spec.metrics.matchers", "is not a list of PromQL label matchers"),
+    ({"minimum": "4Gi", "bufferPercent": "x"}, "spec.minimum", "must not be larger than startup"),
     ({"mode": "Aggressive"}, "spec.mode", "'Auto', 'Recommend' or 'Off'"),
-    ({"bufferpercent": 20}, "spec.bufferpercent", "Extra inputs are not permitted"),
+    ({"bufferpercent": 20}, "spec.bufferpercent", "unknown field"),
     ({"scaleDown": {"stabilizationWindow": "6 hours"}}, "spec.scaleDown.stabilizationWindow", "not a duration"),
     ({"selector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}, "spec.selector.matchExpressions.0",
      "needs at least one value"),
@@ -47,6 +57,12 @@ def test_invalid_specs_name_the_field(change: dict[str, Any], field: str, words:
 
 def test_valid_spec_has_no_errors() -> None:
     assert validation_errors(VALID) == []
+
+
+@pytest.mark.parametrize("matchers", ['job="kubevirt"', 'job="kubevirt", cluster=~"eu-.*"',
+                                      ' env != "dev" ,team!~"a|b"', 'x="with \\"quote\\""'])
+def test_promql_matchers_are_accepted(matchers: str) -> None:
+    assert validation_errors({**VALID, "metrics": {"matchers": matchers}}) == []
 
 
 @pytest.mark.parametrize(("selector", "labels", "selected"), [

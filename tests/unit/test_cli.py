@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_replay import write_trace
+
+ROOT = Path(__file__).resolve().parents[2]
+POLICY = (ROOT / "deploy" / "examples" / "policy.yaml").read_text()
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -41,15 +46,85 @@ def test_replay_all_policies_prints_a_table(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("args", "words"), [
-    (("replay", "/nonexistent.csv"), "no trace file at /nonexistent.csv"),
-    (("replay", "/nonexistent.csv", "--buffer", "3000"), "invalid choice"),
+    (("replay", "/nonexistent.csv"), "error: /nonexistent.csv: no such file"),
+    (("replay", "/nonexistent.csv", "--buffer", "3000"), "3000 is out of range: a whole percent from 5 to 2000"),
+    (("replay", "/nonexistent.csv", "--buffer", "3"), "3 is out of range: a whole percent from 5 to 2000"),
     (("simulate", "--scenario", "nope"), "invalid choice"),
-    (("simulate", "--scenario", "trace"), "--scenario trace needs --trace FILE"),
+    (("simulate", "--scenario", "trace"), "error: --scenario trace needs --trace FILE"),
+    (("simulate", "--scenario", "trace", "--trace", "x.csv", "--vms", "0"), "0 is out of range: a whole number of VMs"),
+    (("simulate", "--scenario", "trace", "--trace", "x.csv", "--days", "-1"), "-1 is out of range: a number of days"),
+    (("simulate", "--scenario", "burst", "--out", "/proc/no/such"), "error: --out /proc/no/such: cannot write there"),
+    (("run", "--node-reserve", "banana"), "error: --node-reserve (DM_NODE_RESERVE) is 'banana': must be a memory"),
+    (("run", "--max-in-flight", "0"), "error: --max-in-flight (DM_MAX_IN_FLIGHT) is '0': must be from 1 to 1000"),
+    (("run", "--prometheus-url", "prometheus:9090"), "must be an http:// or https:// URL"),
+    (("recommend", "--prometheus", "http://127.0.0.1:9", "--selector", "app in"), "--selector: 'app in' is not"),
 ])
 def test_bad_input_gets_a_clear_error(args: tuple[str, ...], words: str) -> None:
     out = run(*args)
-    assert out.returncode != 0
-    assert words in out.stderr
+    assert out.returncode == 2, out.stderr
+    assert words in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert len(out.stderr.splitlines()) <= 8, out.stderr
+
+
+def test_run_without_a_cluster_stops_at_once(tmp_path: Path) -> None:
+    env = {**os.environ, "KUBECONFIG": str(tmp_path / "none"), "HOME": str(tmp_path)}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    out = subprocess.run([sys.executable, "-m", "dynamic_memory", "run"], capture_output=True, text=True, env=env,
+                         timeout=60, check=False)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: no cluster to talk to"), out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def _trace_file(path: Path, body: bytes) -> Path:
+    path.write_bytes(body)
+    return path
+
+
+HEADER = b"vm,timestamp_s,memory_provisioned_kib,memory_usage_kib\n"
+
+
+@pytest.mark.parametrize(("name", "body", "words"), [
+    ("empty.csv", b"", "empty.csv: empty file"),
+    ("header.csv", HEADER, "header.csv: a header but no samples"),
+    ("cols.csv", b"a,b\n1,2\n", "cols.csv:1: missing column(s) vm, timestamp_s"),
+    ("random.bin", bytes(range(256)) * 8, "random.bin: not text (bytes that are not UTF-8)"),
+    ("cut.csv.gz", gzip.compress(HEADER + b"1,0,4194304,1048576\n" * 5000)[:300],
+     "the gzip data is damaged or cut short"),
+    ("negprov.csv", HEADER + b"1,0,4194304,1048576\n1,300,-4,1\n",
+     "negprov.csv:3: memory_provisioned_kib -4 is negative"),
+    ("neguse.csv", HEADER + b"1,0,4194304,-1\n", "neguse.csv:2: memory_usage_kib -1 is negative"),
+    ("text.csv", HEADER + b"1,soon,4194304,1\n", "text.csv:2: timestamp_s, memory_provisioned_kib and"),
+    ("short.csv", HEADER + b"1,0\n", "short.csv:2: 2 columns"),
+])
+@pytest.mark.parametrize("command", ["replay", "simulate"])
+def test_bad_traces_are_refused_with_file_and_line(tmp_path: Path, name: str, body: bytes, words: str,
+                                                   command: str) -> None:
+    trace = str(_trace_file(tmp_path / name, body))
+    args = ("replay", trace) if command == "replay" else ("simulate", "--scenario", "trace", "--trace", trace,
+                                                          "--out", str(tmp_path))
+    out = run(*args)
+    assert out.returncode == 2, out.stdout
+    assert out.stderr.startswith("error: ") and words in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_policy_file_runs_the_users_policy(tmp_path: Path) -> None:
+    trace = write_trace(tmp_path / "t.csv", [(1, t * 300, 16, 2 + (t // 50) % 3) for t in range(600)])
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY.replace("bufferPercent: 20", "bufferPercent: 300"))
+    big = json.loads(run("replay", str(trace), "--policy-file", str(policy), "--json").stdout)
+    small = json.loads(run("replay", str(trace), "--json").stdout)
+    assert big["memory_ratio"] > small["memory_ratio"]  # a 300 % buffer keeps more memory than 20 %
+    out = run("simulate", "--scenario", "burst", "--policy-file", str(policy), "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert f"policy: databases from {policy}, for every VM" in out.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(POLICY.replace("bufferPercent: 20", "bufferPercent: 3"))
+    out = run("replay", str(trace), "--policy-file", str(bad))
+    assert out.returncode == 2
+    assert f"{bad}:13: spec.bufferPercent: must be at least 5, not 3" in out.stderr, out.stderr
 
 
 def test_simulate_writes_plot_and_report(tmp_path: Path) -> None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 
 from dynamic_memory.policy.engine import DynamicMemory
 from dynamic_memory.quantity import GIB
 from dynamic_memory.sim.cluster import simulate
-from dynamic_memory.sim.report import policies, run_all, summarise
-from dynamic_memory.sim.scenarios import SCENARIOS, burst, small_node
+from dynamic_memory.sim.report import policies, run_all, summarise, warning_lines
+from dynamic_memory.sim.scenarios import SCENARIOS, burst, from_trace, small_node
+from tests.unit.test_replay import write_trace
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
@@ -65,3 +69,27 @@ def test_static_is_the_reference(name: str) -> None:
     report = summarise(scenario, run_all(scenario, [Static()]))
     row = report["policies"][0]
     assert (row["memory_ratio"], row["resizes_per_vm_day"]) == (1.0, 0.0)
+
+
+def test_a_run_that_never_sees_a_fresh_sample_says_so() -> None:
+    sc = burst()  # samples every 30 s; stale after 10 s means every sample is stale when decided on
+    results = run_all(replace(sc, stale_s=10), policies(sc.step_s))
+    rows = {r["policy"]: r for r in summarise(sc, results)["policies"]}
+    assert any("never received a fresh sample" in w for w in rows["dynamic-memory"]["warnings"])
+    assert "decided no resize in the whole run" in rows["dynamic-memory"]["warnings"]
+    assert rows["dynamic-memory"]["resizes_per_vm_day"] == 0
+    assert "warning: dynamic-memory: never received a fresh sample" in "\n".join(warning_lines(list(rows.values())))
+
+
+def test_a_sound_run_has_no_warnings() -> None:
+    sc = burst()
+    rows = summarise(sc, run_all(sc, [DynamicMemory()]))["policies"]
+    assert rows[0]["warnings"] == [] and rows[0]["resizes_per_vm_day"] > 0
+
+
+def test_trace_scenario_follows_the_traces_sampling(tmp_path: Path) -> None:
+    rows = [(v, t * 600, 8, 1 + (t // 20 + v) % 4) for v in (1, 2) for t in range(300)]
+    sc = from_trace(write_trace(tmp_path / "t.csv", rows), days=1.5)
+    assert (sc.step_s, sc.stale_s) == (600, 1800)
+    result = run_all(sc, [DynamicMemory()])["dynamic-memory"]
+    assert result.fresh_signals > 0 and result.resizes > 0 and not result.warnings()

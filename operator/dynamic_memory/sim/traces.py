@@ -82,7 +82,7 @@ def _row(path: Path, line: int, row: list[str], idx: tuple[int, int, int, int]) 
 
 
 def _rows(path: Path) -> Iterator[tuple[str, int, int, int]]:
-    line = 1
+    line = 0  # the last line read whole (text is decoded in blocks: a bad byte is somewhere after it)
     try:
         with _open(path) as handle:
             reader = csv.reader(handle)
@@ -93,15 +93,18 @@ def _rows(path: Path) -> Iterator[tuple[str, int, int, int]]:
             missing = [c for c in REQUIRED if c not in cols]
             if missing:
                 raise TraceError(f"{path}:1: missing column(s) {', '.join(missing)}; a trace is {FORMAT}")
+            line = 1
             idx = (cols.index(REQUIRED[0]), cols.index(REQUIRED[1]), cols.index(REQUIRED[2]), cols.index(REQUIRED[3]))
             for row in reader:
                 line = reader.line_num
                 if row:
                     yield _row(path, line, row, idx)
     except UnicodeDecodeError:
-        raise TraceError(f"{path}:{line + 1}: not text (bytes that are not UTF-8); a trace is {FORMAT}") from None
+        after = f" after line {line}" if line else ""
+        raise TraceError(f"{path}: not text (bytes that are not UTF-8{after}); a trace is {FORMAT}") from None
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise TraceError(f"{path}: the gzip data is damaged or cut short after line {line} ({exc})") from None
+        raise TraceError(f"{path}: the gzip data is damaged or cut short after line {line} ({exc}); "
+                         "download or copy it again") from None
     except csv.Error as exc:
         raise TraceError(f"{path}:{line + 1}: not CSV ({exc}); a trace is {FORMAT}") from None
 
