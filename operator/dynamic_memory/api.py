@@ -175,14 +175,11 @@ class MetricsSettings(_Strict):
         'e.g. job="kubevirt-prometheus-metrics".'), json_schema_extra={"x-kubernetes-validations": [
             _cel(f"self.matches(r'{MATCHERS_PATTERN}')",
                  'must be comma-separated PromQL label matchers such as job="kubevirt", nothing else')]})
-    staleAfter: Duration = Field("2m", description=(
-        f"Older samples count as missing: the VM is then never shrunk. At least {MIN_STALE_AFTER} "
-        "and at least twice Prometheus' scrape interval."))
-
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        _cel(f"duration(self.staleAfter) >= duration('{MIN_STALE_AFTER}')",
-             f"staleAfter must be at least {MIN_STALE_AFTER} (and at least twice the scrape interval)",
-             ".staleAfter")]})
+    staleAfter: Annotated[Duration, Field(json_schema_extra={"x-kubernetes-validations": [
+        _cel(f"duration(self) >= duration('{MIN_STALE_AFTER}')",
+             f"staleAfter must be at least {MIN_STALE_AFTER} (and at least twice the scrape interval)")]})] = Field(
+        "2m", description=(f"Older samples count as missing: the VM is then never shrunk. At least {MIN_STALE_AFTER} "
+                           "and at least twice Prometheus' scrape interval."))
 
     @field_validator("matchers")
     @classmethod

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,20 +43,52 @@ def _policy(name: str, **spec: object) -> str:
     return yaml.safe_dump(body)
 
 
-@pytest.mark.parametrize(("name", "spec", "words"), [
-    ("min-above-startup", {"minimum": "4Gi"}, "minimum must not be larger than startup"),
-    ("startup-above-max", {"startup": "16Gi"}, "startup must not be larger than maximum"),
-    ("buffer-3000", {"bufferPercent": 3000}, "spec.bufferPercent: Invalid value: 3000"),
-    ("bad-quantity", {"maximum": "two gigs"}, "spec.maximum"),
-    ("below-hotplug-floor", {"minimum": "512Mi", "startup": "1Gi"}, "minimum must be at least 1Gi"),
-    ("unaligned", {"maximum": "8G"}, "maximum must be a multiple of 2Mi"),
-    ("weight-too-big", {"weight": 20000}, "spec.weight"),
-    ("bad-mode", {"mode": "Aggressive"}, 'Unsupported value: "Aggressive"'),
+# (name, spec change, field both must name, words of the API server's message)
+INVALID: list[tuple[str, dict[str, object], str, str]] = [
+    ("min-above-startup", {"minimum": "4Gi"}, "spec.minimum", "minimum must not be larger than startup"),
+    ("startup-above-max", {"startup": "16Gi"}, "spec.startup", "startup must not be larger than maximum"),
+    ("min-above-max", {"minimum": "4Gi", "startup": "4Gi", "maximum": "2Gi"}, "spec.maximum",
+     "maximum must not be smaller than minimum"),
+    ("buffer-3000", {"bufferPercent": 3000}, "spec.bufferPercent", "spec.bufferPercent: Invalid value: 3000"),
+    ("buffer-string", {"bufferPercent": "20"}, "spec.bufferPercent", 'spec.bufferPercent: Invalid value: "string"'),
+    ("bad-quantity", {"maximum": "two gigs"}, "spec.maximum", "spec.maximum"),
+    ("below-hotplug-floor", {"minimum": "512Mi", "startup": "1Gi"}, "spec.minimum", "minimum must be at least 1Gi"),
+    ("unaligned", {"maximum": "8G"}, "spec.maximum", "maximum must be a multiple of 2Mi"),
+    ("weight-too-big", {"weight": 20000}, "spec.weight", "spec.weight"),
+    ("bad-mode", {"mode": "Aggressive"}, "spec.mode", 'Unsupported value: "Aggressive"'),
     ("in-without-values", {"selector": {"matchExpressions": [{"key": "a", "operator": "In"}]}},
-     "operators In and NotIn need at least one value"),
-])
-def test_invalid_policies_are_refused_with_a_clear_message(control_plane: Cluster, name: str,
-                                                           spec: dict[str, object], words: str) -> None:
-    out = control_plane.kubectl("apply", "-f", "-", stdin=_policy(name, **spec), check=False)
+     "spec.selector.matchExpressions", "operators In and NotIn need at least one value"),
+    ("promql-injection", {"metrics": {"matchers": 'job="a"} or vector(1) or x{a="b"'}}, "spec.metrics.matchers",
+     "must be comma-separated PromQL label matchers"),
+    ("stale-zero", {"metrics": {"staleAfter": "0s"}}, "spec.metrics.staleAfter", "staleAfter must be at least 10s"),
+    ("interval-zero", {"interval": "0s"}, "spec.interval", "interval must be at least 1s"),
+    ("typo", {"wieght": 3}, "spec.wieght", 'unknown field "spec.wieght"'),
+]
+
+
+@pytest.mark.parametrize(("name", "spec", "field", "words"), INVALID, ids=[case[0] for case in INVALID])
+def test_invalid_policies_are_refused_by_the_api_server_and_by_check(
+        control_plane: Cluster, tmp_path: Path, name: str, spec: dict[str, object], field: str, words: str) -> None:
+    body = _policy(name, **spec)
+    out = control_plane.kubectl("apply", "-f", "-", stdin=body, check=False)
     assert out.returncode != 0
-    assert words in out.stderr, out.stderr
+    assert words in out.stderr and field in out.stderr, out.stderr
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(body)
+    checked = subprocess.run([sys.executable, "-m", "dynamic_memory", "check", str(path)], capture_output=True,
+                             text=True, timeout=60, check=False)
+    assert checked.returncode == 1
+    assert re.search(rf"^{re.escape(str(path))}:\d+: {re.escape(field)}[.:]", checked.stdout, re.M), checked.stdout
+
+
+@pytest.mark.parametrize("spec", [{}, {"metrics": {"matchers": 'job="kubevirt", cluster=~"eu-.*"', "staleAfter": "10s"}},
+                                  {"minimum": "2Gi", "interval": "1s", "bufferPercent": 2000}])
+def test_valid_policies_pass_both(control_plane: Cluster, tmp_path: Path, spec: dict[str, object]) -> None:
+    body = _policy(f"valid-{len(str(spec))}", **spec)
+    applied = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", stdin=body, check=False)
+    assert applied.returncode == 0, applied.stderr
+    path = tmp_path / "p.yaml"
+    path.write_text(body)
+    checked = subprocess.run([sys.executable, "-m", "dynamic_memory", "check", str(path)], capture_output=True,
+                             text=True, timeout=60, check=False)
+    assert checked.returncode == 0, checked.stdout
