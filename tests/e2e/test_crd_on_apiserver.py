@@ -81,8 +81,9 @@ def test_invalid_policies_are_refused_by_the_api_server_and_by_check(
     assert re.search(rf"^{re.escape(str(path))}:\d+: {re.escape(field)}[.:]", checked.stdout, re.M), checked.stdout
 
 
-@pytest.mark.parametrize("spec", [{}, {"metrics": {"matchers": 'job="kubevirt", cluster=~"eu-.*"', "staleAfter": "10s"}},
-                                  {"minimum": "2Gi", "interval": "1s", "bufferPercent": 2000}])
+@pytest.mark.parametrize("spec", [
+    {}, {"metrics": {"matchers": 'job="kubevirt", cluster=~"eu-.*"', "staleAfter": "10s"}},
+    {"minimum": "2Gi", "interval": "1s", "bufferPercent": 2000}])
 def test_valid_policies_pass_both(control_plane: Cluster, tmp_path: Path, spec: dict[str, object]) -> None:
     body = _policy(f"valid-{len(str(spec))}", **spec)
     applied = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", stdin=body, check=False)
