@@ -35,33 +35,40 @@ def _one(job: tuple[str, int]) -> dict[str, Any]:
 
 
 def plot(points: dict[str, dict[str, Any]], curve: list[dict[str, Any]], title: str) -> None:
-    """memory_ratio against pressure_fraction: each policy a point, ours a curve over the buffer."""
+    """memory_ratio against pressure_fraction: each policy a point, ours a curve over the buffer.
+    Lower left is better on both; each buffer label is tied to its point by a line, because the
+    smallest buffers sit almost on one point."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(10, 5.8), layout="constrained")
     xs = [c["pressure_fraction"] for c in curve]
     ys = [c["memory_ratio"] for c in curve]
-    ax.plot(xs, ys, "o-", color="tab:blue", label="dynamic-memory (bufferPercent)")
-    for i, c in enumerate(curve):  # labels stacked: the smallest buffers sit almost on one point
-        ax.annotate(f"{c['buffer_percent']}%", (c["pressure_fraction"], c["memory_ratio"]),
-                    textcoords="offset points", xytext=(10, 10 * i - 16), fontsize=8, color="tab:blue")
+    ax.plot(xs, ys, "o-", color="tab:blue", label="dynamic-memory at bufferPercent …", zorder=3)
+    for i, c in enumerate(sorted(curve, key=lambda c: -c["memory_ratio"])):  # labels up and left, in order
+        default = " (default)" if c["buffer_percent"] == 20 else ""
+        ax.annotate(f"{c['buffer_percent']}%{default}", (c["pressure_fraction"], c["memory_ratio"]),
+                    textcoords="offset points", xytext=(-70 - 6 * i, 34 - 17 * i), fontsize=8, color="tab:blue",
+                    ha="right", va="center", arrowprops={"arrowstyle": "-", "color": "tab:blue", "lw": 0.6})
     for name, p in points.items():
         if name in ("dynamic-memory", "oracle"):
             continue
-        ax.plot(p["pressure_fraction"], p["memory_ratio"], "s", label=name)
+        ax.plot(p["pressure_fraction"], p["memory_ratio"], "s", markersize=7, label=name, zorder=3)
     oracle = points["oracle"]["memory_ratio"]
     ax.axhline(oracle, color="black", linestyle="--", linewidth=1, label=f"oracle (knows the future): {oracle:.3f}")
     ax.set_xscale("symlog", linthresh=1e-4)
     ax.set_xlim(-1e-5, 2 * max(max(xs), *(p["pressure_fraction"] for p in points.values())))
-    ax.set_xlabel("pressure_fraction (share of samples with demand above assigned; log beyond 1e-4)")
-    ax.set_ylabel("memory_ratio (assigned ÷ static provisioned)")
+    ax.set_ylim(0, 1.08)
+    ax.annotate("better: less memory\nand less pressure", xy=(0.03, 0.04), xytext=(0.2, 0.22),
+                xycoords="axes fraction", textcoords="axes fraction", fontsize=9, color="darkgreen",
+                ha="center", arrowprops={"arrowstyle": "->", "color": "darkgreen", "lw": 1.5})
+    ax.set_xlabel("pressure_fraction: share of samples with demand above assigned (linear below 1e-4, log above)")
+    ax.set_ylabel("memory_ratio: assigned ÷ provisioned")
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     RESULTS.mkdir(parents=True, exist_ok=True)
     fig.savefig(RESULTS / "replay.png", dpi=120)
     plt.close(fig)
