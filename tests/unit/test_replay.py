@@ -82,7 +82,7 @@ def test_unsorted_rows_are_sorted_per_vm(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "words"), [
     ("", "empty file"),
     ("vm,timestamp_s\n1,2\n", "missing column(s) memory_provisioned_kib, memory_usage_kib"),
-    ("vm,timestamp_s,memory_provisioned_kib,memory_usage_kib\n1,x,2,3\n", ":2: bad row"),
+    ("vm,timestamp_s,memory_provisioned_kib,memory_usage_kib\n1,x,2,3\n", ":2: timestamp_s, memory_provisioned_kib"),
     ("vm,timestamp_s,memory_provisioned_kib,memory_usage_kib\n", "no samples"),
 ])
 def test_bad_trace_files_say_what_is_wrong(tmp_path: Path, text: str, words: str) -> None:
