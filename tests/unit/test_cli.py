@@ -141,3 +141,12 @@ def test_simulate_from_a_trace_file(tmp_path: Path) -> None:
     out = run("simulate", "--scenario", "trace", "--trace", str(trace), "--days", "1", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "trace.json").read_text())["vms"] == 3
+
+
+def test_run_without_the_operator_packages_says_what_to_install() -> None:
+    code = ("import sys; sys.modules['kopf'] = None; from dynamic_memory.cli import main; "
+            "raise SystemExit(main(['run']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 2
+    assert "needs the operator's packages: pip install 'kubevirt-dynamic-memory[operator]'" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr

@@ -33,3 +33,12 @@ def test_month_replay_meets_the_targets_and_no_baseline_beats_it(shared_trace: P
         r = replay(traces, policy, params)
         dominates = (r.memory_ratio <= ours["memory_ratio"] and r.pressure_fraction <= ours["pressure_fraction"])
         assert not dominates, f"{policy.name} beats ours on both: {r}"
+
+
+def test_simulating_the_month_shows_the_engine_acting(shared_trace: Path, tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "dynamic_memory", "simulate", "--scenario", "trace", "--trace",
+                          str(shared_trace), "--policy", "dynamic-memory", "--out", str(tmp_path)],
+                         capture_output=True, text=True, check=True, timeout=600)
+    (row,) = json.loads((tmp_path / "trace.json").read_text())["policies"]
+    assert row["resizes_per_vm_day"] > 0 and row["warnings"] == [], row
+    assert "warning:" not in out.stdout
