@@ -124,7 +124,7 @@ async def test_invalid_policy_gets_a_condition_and_an_event(cluster: kmock.Kuber
     conditions = cluster.objects[DMP, "bad", "dmp"]["status"]["conditions"]
     ready = next(c for c in conditions if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
-    assert "minimum 8Gi must not be larger than startup 2Gi" in ready["message"]
+    assert "spec.minimum: 8Gi must not be larger than startup 2Gi" in ready["message"]
     assert run.exception is None
 
 

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.e2e.certs import authority, signed
 from tests.e2e.prometheus import end_process, free_port
 
 BUILD = Path(__file__).resolve().parent / "build.sh"
@@ -114,6 +115,11 @@ class ControlPlane(Cluster):
         audit_policy.write_text('{"apiVersion": "audit.k8s.io/v1", "kind": "Policy", '
                                 '"omitStages": ["RequestReceived"], "rules": [{"level": "Metadata"}]}')
         self.audit_log = workdir / "audit.log"
+        # the front-proxy (request header) CA: aggregated API servers such as KubeVirt's virt-api read it
+        # from kube-system/extension-apiserver-authentication, and panic at start without it
+        front = authority(workdir / "front-proxy", "front-proxy-ca")
+        proxy = signed(front, workdir / "front-proxy", "front-proxy-client", common_name="front-proxy-client",
+                       server=False)
         self._start("kube-apiserver", [
             str(self.bin / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={self.port}",
@@ -121,7 +127,11 @@ class ControlPlane(Cluster):
             f"--service-account-issuer={issuer}", f"--api-audiences={issuer}",
             f"--service-account-key-file={pub}", f"--service-account-signing-key-file={key}",
             "--service-cluster-ip-range=10.96.0.0/16", "--profiling=false",
-            f"--audit-policy-file={audit_policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json"])
+            f"--audit-policy-file={audit_policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
+            f"--requestheader-client-ca-file={front.cert}", "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-", f"--proxy-client-cert-file={proxy.cert}",
+            f"--proxy-client-key-file={proxy.key}"])
         self._wait(lambda: self.get("/readyz", raw=True) == b"ok", timeout_s=120)
         self.kubeconfig = self.write_kubeconfig(workdir / "admin.kubeconfig", ADMIN_TOKEN)
 

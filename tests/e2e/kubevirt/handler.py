@@ -1,0 +1,255 @@
+"""Our virt-handler: the one simulated part of the e2e tier's KubeVirt. What KubeVirt's virt-handler
+does on a node, for the VMIs that KubeVirt's own controllers scheduled onto kwok's nodes:
+
+- a VMI whose launcher pod runs goes Running, with the conditions and fields virt-controller
+  expects (Ready, LiveMigratable, the machine type, ...);
+- a migration that virt-controller ordered is carried out between the source and the target pod,
+  as virt-handler reports it (target ready, started, completed or failed), after `migration_s`;
+  on success the VMI moves to the target node with its new memory, and the source pod ends;
+- an unplug releases only part of the memory when a test says so (`guestCurrent` stays above
+  `guestRequested`, as virtio-mem may leave it);
+- guest memory metrics, with virt-handler's names and labels, from the demand each test sets.
+
+Reads with the admin identity, writes as KubeVirt's `kubevirt-handler` ServiceAccount (its role
+may patch VMIs; virt-api's webhooks accept status changes only from KubeVirt's accounts). Facts:
+../shared/reference/real-kubevirt.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from kubernetes import client, config
+
+from dynamic_memory.quantity import GIB, MIB, parse_quantity
+from tests.e2e.standin.metrics import GuestMetrics
+
+log = logging.getLogger("virt-handler")
+KUBEVIRT = ("kubevirt.io", "v1")
+MEMORY_LABELS = ("kubevirt.io/vmi-pod-memory-resource-requests", "kubevirt.io/memory-hotplug-overhead-ratio")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+@dataclass
+class GuestPlan:
+    """What a test says of one guest."""
+
+    demand: int = GIB
+    short: bool = False
+    """The guest wants more than it has: it pages (the metrics show it short of memory)."""
+
+
+@dataclass
+class _Migration:
+    started: float = 0.0
+
+
+@dataclass
+class HandlerSettings:
+    """Knobs a test turns."""
+
+    migration_s: float = 1.0
+    """How long a migration takes once the target pod runs."""
+    fail_migrations: set[str] = field(default_factory=set)
+    """namespace/name of VMIs whose migrations fail (until removed)."""
+    unplug_release: float = 1.0
+    """Share of an unplug the guest gives back: below 1, guestCurrent stays above guestRequested."""
+    paused: bool = False
+
+
+class VirtHandler:
+    """Polls VMIs and launcher pods every `period_s` and writes what virt-handler would."""
+
+    def __init__(self, admin: client.ApiClient, handler_kubeconfig: Path, metrics: GuestMetrics,
+                 period_s: float = 0.3) -> None:
+        self.read = client.CustomObjectsApi(admin)
+        self.core = client.CoreV1Api(admin)
+        writer = config.new_client_from_config(config_file=str(handler_kubeconfig))  # type: ignore[no-untyped-call]
+        self.write = client.CustomObjectsApi(cast(client.ApiClient, writer))
+        self.metrics = metrics
+        self.settings = HandlerSettings()
+        self.guests: dict[str, GuestPlan] = {}
+        self.migrations: dict[str, _Migration] = {}
+        self.errors: list[str] = []
+        self.period_s = period_s
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="virt-handler", daemon=True)
+        self._thread.start()
+
+    # --- what tests call ---------------------------------------------------------------------
+
+    def set_demand(self, namespace: str, name: str, demand: int, *, short: bool = False) -> None:
+        """The guest's demand from now on (its metrics follow at the next sync)."""
+        with self._lock:
+            self.guests[f"{namespace}/{name}"] = GuestPlan(demand, short)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        import time
+
+        while not self._stop.is_set():
+            if not self.settings.paused:
+                try:
+                    self.sync(time.monotonic())
+                except Exception as exc:  # a test reads these; the loop goes on
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+                    log.exception("virt-handler sync failed")
+            self._stop.wait(self.period_s)
+
+    def sync(self, now: float) -> None:
+        """One pass over every VMI."""
+        listed: Any = self.read.list_cluster_custom_object(*KUBEVIRT, "virtualmachineinstances")
+        vmis: list[dict[str, Any]] = listed["items"]
+        pods = {f"{p['metadata']['namespace']}/{p['metadata']['name']}": p
+                for p in self._pods(label_selector="kubevirt.io=virt-launcher")}
+        seen = set()
+        for vmi in vmis:
+            meta, status = vmi["metadata"], vmi.get("status") or {}
+            key = f"{meta['namespace']}/{meta['name']}"
+            phase = status.get("phase")
+            try:
+                if phase == "Scheduled":
+                    self._run(vmi)
+                elif phase == "Running":
+                    seen.add(key)
+                    self._migrate(vmi, pods, now)
+                    self._export(vmi)
+            except client.exceptions.ApiException as exc:
+                if exc.status not in (409, 422):  # a race with virt-controller: next sync
+                    raise
+        for namespace, name in list(self.metrics.guests):
+            if f"{namespace}/{name}" not in seen:
+                self.metrics.remove(namespace, name)
+
+    def _pods(self, namespace: str | None = None, *, label_selector: str) -> list[dict[str, Any]]:
+        """Pods as plain JSON (the client's models are not needed here)."""
+        response: Any = (
+            self.core.list_namespaced_pod(namespace, label_selector=label_selector, _preload_content=False)
+            if namespace else
+            self.core.list_pod_for_all_namespaces(label_selector=label_selector, _preload_content=False))
+        return cast(list[dict[str, Any]], json.loads(response.data)["items"])
+
+    def _patch(self, vmi: dict[str, Any], ops: list[dict[str, Any]]) -> None:
+        meta = vmi["metadata"]
+        guarded = [{"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}, *ops]
+        self.write.patch_namespaced_custom_object(*KUBEVIRT, meta["namespace"], "virtualmachineinstances",
+                                                  meta["name"], guarded)
+
+    @staticmethod
+    def _conditions(vmi: dict[str, Any], drop: tuple[str, ...], add: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        kept = [c for c in (vmi.get("status") or {}).get("conditions") or [] if c.get("type") not in drop]
+        return kept + add
+
+    def _run(self, vmi: dict[str, Any]) -> None:
+        """The domain started: Running, as virt-handler reports it."""
+        now = _now()
+        ours = [{"type": t, "status": "True", "lastProbeTime": None, "lastTransitionTime": now}
+                for t in ("Ready", "LiveMigratable")]
+        self._patch(vmi, [
+            {"op": "add", "path": "/status/phase", "value": "Running"},
+            {"op": "add", "path": "/status/conditions", "value": self._conditions(vmi, ("Ready", "LiveMigratable"),
+                                                                                  ours)},
+            {"op": "add", "path": "/status/selinuxContext", "value": "none"},
+            {"op": "add", "path": "/status/migrationMethod", "value": "LiveMigration"},
+            {"op": "add", "path": "/status/machine", "value": {"type": "q35"}},
+            {"op": "add", "path": "/status/interfaces", "value": []},
+            {"op": "add", "path": "/status/guestOSInfo", "value": {}},
+        ])
+
+    def _migrate(self, vmi: dict[str, Any], pods: dict[str, Any], now: float) -> None:
+        """Carry a migration ordered by virt-controller one step further."""
+        meta, status = vmi["metadata"], vmi["status"]
+        state = status.get("migrationState") or {}
+        key = f"{meta['namespace']}/{meta['name']}"
+        target_pod = pods.get(f"{meta['namespace']}/{state.get('targetPod')}")
+        if not state.get("targetPod") or state.get("completed") or target_pod is None:
+            return
+        target = (target_pod.get("spec") or {}).get("nodeName")
+        if (target_pod.get("status") or {}).get("phase") != "Running" or not target:
+            return
+        uid = state.get("migrationUid", "")
+        if not state.get("targetNodeAddress"):
+            self.migrations[uid] = _Migration()
+            self._patch(vmi, [{"op": "add", "path": "/status/migrationState/targetNodeAddress", "value": "127.0.0.1"},
+                              {"op": "add", "path": "/status/migrationState/targetNodeDomainDetected", "value": True}])
+            return
+        if not state.get("startTimestamp"):
+            self.migrations.setdefault(uid, _Migration()).started = now
+            self._patch(vmi, [{"op": "add", "path": "/status/migrationState/startTimestamp", "value": _now()}])
+            return
+        started = self.migrations.setdefault(uid, _Migration(now)).started
+        if now - started < self.settings.migration_s:
+            return
+        ended: list[dict[str, Any]] = [{"op": "add", "path": "/status/migrationState/completed", "value": True},
+                 {"op": "add", "path": "/status/migrationState/endTimestamp", "value": _now()}]
+        if key in self.settings.fail_migrations:
+            self._patch(vmi, [*ended, {"op": "add", "path": "/status/migrationState/failed", "value": True}])
+            self.migrations.pop(uid, None)
+            return
+        memory = dict(status.get("memory") or {})
+        wanted = (((vmi.get("spec") or {}).get("domain") or {}).get("memory") or {}).get("guest")
+        if wanted:
+            requested, current = parse_quantity(wanted), parse_quantity(memory.get("guestCurrent", wanted))
+            if requested < current:  # an unplug: the guest may give back only part of it
+                released = int((current - requested) * self.settings.unplug_release) // (2 * MIB) * (2 * MIB)
+                current -= released
+            else:
+                current = requested
+            memory.update(guestRequested=wanted, guestCurrent=f"{current // MIB}Mi")
+        labels = meta.get("labels") or {}
+        ops: list[dict[str, Any]] = [*ended,
+               {"op": "add", "path": "/status/migrationState/targetNodeDomainReadyTimestamp", "value": _now()},
+               {"op": "add", "path": "/status/nodeName", "value": target},
+               {"op": "add", "path": "/status/memory", "value": memory},
+               {"op": "add", "path": "/status/conditions",
+                "value": self._conditions(vmi, ("HotMemoryChange",), [])},
+               {"op": "add", "path": f"/metadata/labels/{_escape('kubevirt.io/nodeName')}", "value": target}]
+        ops += [{"op": "remove", "path": f"/metadata/labels/{_escape(k)}"} for k in MEMORY_LABELS if k in labels]
+        self._patch(vmi, ops)
+        self.migrations.pop(uid, None)
+        self._end_source_pods(meta["namespace"], meta["uid"], keep=target_pod["metadata"]["name"])
+
+    def _end_source_pods(self, namespace: str, vmi_uid: str, keep: str) -> None:
+        """virt-launcher exits on the source once the domain left: its pod ends."""
+        for pod in self._pods(namespace, label_selector=f"kubevirt.io/created-by={vmi_uid}"):
+            name = pod["metadata"]["name"]
+            if name != keep:
+                try:
+                    self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+                except client.exceptions.ApiException as exc:
+                    if exc.status != 404:
+                        raise
+
+    def _export(self, vmi: dict[str, Any]) -> None:
+        """The guest's memory metrics, as virt-handler's domain stats export them."""
+        meta, status = vmi["metadata"], vmi["status"]
+        key = f"{meta['namespace']}/{meta['name']}"
+        current = parse_quantity((status.get("memory") or {}).get("guestCurrent") or "0") or GIB
+        with self._lock:
+            plan = self.guests.get(key) or GuestPlan()
+        node = status.get("nodeName") or ""
+        labels = {k: v for k, v in (meta.get("labels") or {}).items() if not k.startswith("kubevirt.io/")}
+        if plan.short or plan.demand >= current:
+            self.metrics.short_of_memory(meta["namespace"], meta["name"], node=node, available=current)
+        else:
+            self.metrics.set(meta["namespace"], meta["name"], node=node, available=current, demand=plan.demand,
+                             vmi_labels=labels)
