@@ -26,6 +26,13 @@ def binaries() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
+class KubectlError(subprocess.CalledProcessError):
+    """kubectl failed; the message says what kubectl said, not only that it failed."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\n{str(self.stderr).strip()[-2000:]}"
+
+
 class Cluster:
     """What the tests need of a cluster: kubectl, raw GETs, kubeconfigs for other identities."""
 
@@ -38,8 +45,11 @@ class Cluster:
                 check: bool = True) -> subprocess.CompletedProcess[str]:
         """Real kubectl against this cluster."""
         env = {**os.environ, "KUBECONFIG": str(kubeconfig or self.kubeconfig)}
-        return subprocess.run([str(self.bin / "kubectl"), *args], input=stdin, capture_output=True, text=True,
-                              env=env, check=check, timeout=60)
+        out = subprocess.run([str(self.bin / "kubectl"), *args], input=stdin, capture_output=True, text=True,
+                             env=env, check=False, timeout=60)
+        if check and out.returncode:
+            raise KubectlError(out.returncode, out.args, out.stdout, out.stderr)
+        return out
 
     def get(self, path: str, *, raw: bool = False) -> Any:
         """GET from the API server (JSON, or raw bytes)."""

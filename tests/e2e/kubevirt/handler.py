@@ -152,7 +152,7 @@ class VirtHandler:
         meta = vmi["metadata"]
         guarded = [{"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}, *ops]
         self.write.patch_namespaced_custom_object(*KUBEVIRT, meta["namespace"], "virtualmachineinstances",
-                                                  meta["name"], guarded)
+                                                  meta["name"], guarded, _content_type="application/json-patch+json")
 
     @staticmethod
     def _conditions(vmi: dict[str, Any], drop: tuple[str, ...], add: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	v1 "kubevirt.io/api/core/v1"
 	"kubevirt.io/kubevirt/pkg/virt-operator/resource/generate/components"
@@ -21,7 +22,7 @@ import (
 )
 
 func typed(obj runtime.Object, apiVersion, kind string) runtime.Object {
-	obj.GetObjectKind().SetGroupVersionKind(metav1.TypeMeta{APIVersion: apiVersion, Kind: kind}.GroupVersionKind())
+	obj.GetObjectKind().SetGroupVersionKind(schema.FromAPIVersionAndKind(apiVersion, kind))
 	return obj
 }
 
