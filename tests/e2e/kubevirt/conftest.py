@@ -104,15 +104,17 @@ def get(cp: ControlPlane, kind: str, name: str, ns: str) -> dict[str, Any]:
     return cast(dict[str, Any], json.loads(out.stdout)) if out.returncode == 0 else {}
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 60, every_s: float = 0.5) -> T:
-    """The first truthy answer of `probe`, or a TimeoutError that says what did not happen."""
+def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 60, every_s: float = 0.5,
+             detail: Callable[[], object] | None = None) -> T:
+    """The first truthy answer of `probe`, or a TimeoutError that says what did not happen (and
+    what `detail` shows then)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         got = probe()
         if got:
             return got
         time.sleep(every_s)
-    raise TimeoutError(f"waited {timeout_s:.0f}s for {what}")
+    raise TimeoutError(f"waited {timeout_s:.0f}s for {what}" + (f": {detail()}" if detail else ""))
 
 
 def running_vmi(cp: ControlPlane, name: str, ns: str, timeout_s: float = 90) -> dict[str, Any]:
@@ -130,3 +132,22 @@ def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
 def write_file(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def vm_story(cp: ControlPlane, name: str, ns: str) -> str:
+    """What a VM, its VMI, its migrations and pods look like now: the detail of a failed wait."""
+    vm, vmi = get(cp, "vm", name, ns), get(cp, "vmi", name, ns)
+    annotations = {k.removeprefix("dynamicmemory.io/"): v for k, v in (vm.get("metadata", {}).get("annotations")
+                                                                       or {}).items() if "dynamicmemory" in k}
+    status = vmi.get("status") or {}
+    migrations = [(m["metadata"]["name"], (m.get("status") or {}).get("phase"))
+                  for m in json.loads(cp.kubectl("get", "vmim", "-n", ns, "-o", "json").stdout)["items"]]
+    return "\n".join([
+        f"VM spec guest {vm.get('spec', {}).get('template', {}).get('spec', {}).get('domain', {}).get('memory')}, "
+        f"conditions {[(c['type'], c['status']) for c in vm.get('status', {}).get('conditions', [])]}",
+        f"VM annotations {annotations}",
+        f"VMI {status.get('phase')} on {status.get('nodeName')}, memory {status.get('memory')}, "
+        f"conditions {[(c['type'], c['status']) for c in status.get('conditions', [])]}, "
+        f"migrationState {status.get('migrationState')}",
+        f"migrations {migrations}",
+        cp.kubectl("get", "pods", "-n", ns, "-o", "wide").stdout])

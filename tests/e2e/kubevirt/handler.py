@@ -27,7 +27,7 @@ from typing import Any, cast
 
 from kubernetes import client, config
 
-from dynamic_memory.quantity import GIB, MIB, parse_quantity
+from dynamic_memory.quantity import GIB, MIB, parse_quantity, to_quantity
 from tests.e2e.standin.metrics import GuestMetrics
 
 log = logging.getLogger("virt-handler")
@@ -41,15 +41,6 @@ def _now() -> str:
 
 def _escape(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
-
-
-@dataclass
-class GuestPlan:
-    """What a test says of one guest."""
-
-    demand: int = GIB
-    short: bool = False
-    """The guest wants more than it has: it pages (the metrics show it short of memory)."""
 
 
 @dataclass
@@ -81,7 +72,8 @@ class VirtHandler:
         self.write = client.CustomObjectsApi(cast(client.ApiClient, writer))
         self.metrics = metrics
         self.settings = HandlerSettings()
-        self.guests: dict[str, GuestPlan] = {}
+        self.demand: dict[str, int] = {}
+        """What each guest wants (default 1Gi); wanting as much as it has or more, it pages."""
         self.migrations: dict[str, _Migration] = {}
         self.errors: list[str] = []
         self.period_s = period_s
@@ -92,10 +84,10 @@ class VirtHandler:
 
     # --- what tests call ---------------------------------------------------------------------
 
-    def set_demand(self, namespace: str, name: str, demand: int, *, short: bool = False) -> None:
+    def set_demand(self, namespace: str, name: str, demand: int) -> None:
         """The guest's demand from now on (its metrics follow at the next sync)."""
         with self._lock:
-            self.guests[f"{namespace}/{name}"] = GuestPlan(demand, short)
+            self.demand[f"{namespace}/{name}"] = demand
 
     def stop(self) -> None:
         self._stop.set()
@@ -214,7 +206,7 @@ class VirtHandler:
                 current -= released
             else:
                 current = requested
-            memory.update(guestRequested=wanted, guestCurrent=f"{current // MIB}Mi")
+            memory.update(guestRequested=wanted, guestCurrent=to_quantity(current))  # canonical, as a Quantity prints
         labels = meta.get("labels") or {}
         ops: list[dict[str, Any]] = [*ended,
                {"op": "add", "path": "/status/migrationState/targetNodeDomainReadyTimestamp", "value": _now()},
@@ -245,11 +237,11 @@ class VirtHandler:
         key = f"{meta['namespace']}/{meta['name']}"
         current = parse_quantity((status.get("memory") or {}).get("guestCurrent") or "0") or GIB
         with self._lock:
-            plan = self.guests.get(key) or GuestPlan()
+            demand = self.demand.get(key, GIB)
         node = status.get("nodeName") or ""
         labels = {k: v for k, v in (meta.get("labels") or {}).items() if not k.startswith("kubevirt.io/")}
-        if plan.short or plan.demand >= current:
+        if demand >= current:  # it wants more than it has: it pages
             self.metrics.short_of_memory(meta["namespace"], meta["name"], node=node, available=current)
         else:
-            self.metrics.set(meta["namespace"], meta["name"], node=node, available=current, demand=plan.demand,
+            self.metrics.set(meta["namespace"], meta["name"], node=node, available=current, demand=demand,
                              vmi_labels=labels)

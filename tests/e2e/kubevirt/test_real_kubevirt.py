@@ -6,15 +6,51 @@ another node, the VMI reporting its new size there)."""
 from __future__ import annotations
 
 import json
+import time
 
 import yaml
 
 from dynamic_memory.quantity import GIB, parse_quantity
 from tests.e2e.conftest import Operator
 from tests.e2e.controlplane.cluster import ControlPlane
-from tests.e2e.kubevirt.conftest import apply, condition, get, namespace, running_vmi, vm_manifest, wait_for
+from tests.e2e.kubevirt.conftest import (
+    apply,
+    condition,
+    get,
+    namespace,
+    running_vmi,
+    vm_manifest,
+    vm_story,
+    wait_for,
+)
 from tests.e2e.kubevirt.handler import VirtHandler
 from tests.e2e.kubevirt.rig import KubeVirtRig
+
+
+def policy(cp: ControlPlane, ns: str, app: str, **spec: object) -> None:
+    body = {"apiVersion": "dynamicmemory.io/v1alpha1", "kind": "DynamicMemoryPolicy",
+            "metadata": {"name": app, "namespace": ns},
+            "spec": {"selector": {"matchLabels": {"app": app}}, "startup": "2Gi", "maximum": "8Gi", "interval": "2s",
+                     **spec}}
+    cp.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(body))
+
+
+def spec_guest(cp: ControlPlane, name: str, ns: str) -> str:
+    return str(get(cp, "vm", name, ns)["spec"]["template"]["spec"]["domain"]["memory"]["guest"])
+
+
+def operator_patches(cp: ControlPlane, ns: str, name: str) -> list[dict[str, object]]:
+    """The operator's PATCH requests on one VM, from the API server's audit log."""
+    assert cp.audit_log is not None
+    out = []
+    for line in cp.audit_log.read_text().splitlines():
+        event = json.loads(line)
+        ref = event.get("objectRef") or {}
+        if (event.get("verb") == "patch" and ref.get("resource") == "virtualmachines" and ref.get("name") == name
+                and ref.get("namespace") == ns and event.get("stage") == "ResponseComplete"
+                and "kubevirt-dynamic-memory" in event.get("user", {}).get("username", "")):
+            out.append(event)
+    return out
 
 
 def test_virt_api_refuses_a_guest_that_is_not_2mi_aligned(kv_cluster: ControlPlane, kv_rig: KubeVirtRig) -> None:
@@ -45,17 +81,13 @@ def test_a_hand_made_patch_below_the_boot_size_gets_restart_required(
 def test_a_grow_is_a_migration_to_another_node(kv_cluster: ControlPlane, kv_rig: KubeVirtRig,
                                                virt_handler: VirtHandler, kv_operator: Operator) -> None:
     ns = namespace(kv_cluster, "kv-grow")
-    policy = {"apiVersion": "dynamicmemory.io/v1alpha1", "kind": "DynamicMemoryPolicy",
-              "metadata": {"name": "grow", "namespace": ns},
-              "spec": {"selector": {"matchLabels": {"app": "grow"}}, "startup": "2Gi", "maximum": "8Gi",
-                       "interval": "2s"}}
-    kv_cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(policy))
+    policy(kv_cluster, ns, "grow")
     virt_handler.set_demand(ns, "grower", GIB)
     apply(kv_cluster, vm_manifest("grower", ns, labels={"app": "grow"}))
     before = running_vmi(kv_cluster, "grower", ns)
     source_node = before["status"]["nodeName"]
     virt_handler.settings.migration_s = 2.0
-    virt_handler.set_demand(ns, "grower", 2 * GIB, short=True)  # the guest runs short: it pages
+    virt_handler.set_demand(ns, "grower", 3 * GIB)  # the guest runs short: it pages
 
     def grown() -> str | None:
         guest = get(kv_cluster, "vm", "grower", ns)["spec"]["template"]["spec"]["domain"]["memory"]["guest"]
@@ -79,3 +111,113 @@ def test_a_grow_is_a_migration_to_another_node(kv_cluster: ControlPlane, kv_rig:
     assert status["memory"]["guestRequested"] == wanted
     done = json.loads(kv_cluster.kubectl("get", "vmim", "-n", ns, "-o", "json").stdout)["items"]
     assert [m["status"]["phase"] for m in done] == ["Succeeded"]
+
+
+def test_with_no_other_node_to_land_on_the_target_pod_waits_and_patches_do_not_pile_up(
+        kv_cluster: ControlPlane, kv_rig: KubeVirtRig, virt_handler: VirtHandler, kv_operator: Operator) -> None:
+    ns = namespace(kv_cluster, "kv-pinned")
+    policy(kv_cluster, ns, "pinned")
+    virt_handler.set_demand(ns, "pinned", GIB)
+    # pinned to one host: KubeVirt's migration target must go to another one, so it can go nowhere
+    pinned = vm_manifest("pinned", ns, labels={"app": "pinned"})
+    pinned["spec"]["template"]["spec"]["nodeSelector"] = {"kubernetes.io/hostname": "kv-node-1"}
+    apply(kv_cluster, pinned)
+    running_vmi(kv_cluster, "pinned", ns)
+    virt_handler.set_demand(ns, "pinned", 3 * GIB)
+    wait_for("the operator's patch", lambda: spec_guest(kv_cluster, "pinned", ns) != "2Gi", 60)
+
+    def pending_target() -> dict[str, object] | None:
+        pods = json.loads(kv_cluster.kubectl("get", "pods", "-n", ns, "-l", "kubevirt.io/migrationJobUID",
+                                             "-o", "json").stdout)["items"]
+        for pod in pods:
+            scheduled = next((c for c in pod.get("status", {}).get("conditions", [])
+                              if c["type"] == "PodScheduled"), None)
+            if scheduled and scheduled["status"] == "False" and scheduled.get("reason") == "Unschedulable":
+                return dict(pod)
+        return None
+    pod = wait_for("the migration's target pod refused by the scheduler", pending_target, 60)
+    assert "didn't match pod anti-affinity rules" in str(pod["status"]) or \
+        "didn't match Pod's node affinity/selector" in str(pod["status"]), pod["status"]
+    time.sleep(20)  # ten of the policy's intervals, with the guest still short of memory
+    assert len(operator_patches(kv_cluster, ns, "pinned")) == 1
+    vmi = get(kv_cluster, "vmi", "pinned", ns)
+    assert vmi["status"]["nodeName"] == "kv-node-1" and vmi["status"]["memory"]["guestCurrent"] == "2Gi"
+    assert condition(vmi, "HotMemoryChange") is not None
+
+
+def test_recommend_mode_on_real_kubevirt_changes_nothing(kv_cluster: ControlPlane, kv_rig: KubeVirtRig,
+                                                         virt_handler: VirtHandler, kv_operator: Operator) -> None:
+    ns = namespace(kv_cluster, "kv-recommend")
+    policy(kv_cluster, ns, "advice", mode="Recommend")
+    virt_handler.set_demand(ns, "advice", 3 * GIB)
+    apply(kv_cluster, vm_manifest("advice", ns, labels={"app": "advice"}))
+    running_vmi(kv_cluster, "advice", ns)
+    def advised() -> str | None:
+        value = get(kv_cluster, "vm", "advice", ns)["metadata"].get("annotations", {}).get(
+            "dynamicmemory.io/recommendation")
+        return value if value and parse_quantity(value) > 3 * GIB else None
+    wait_for("a recommendation above the demand", advised, 60)
+    reason = get(kv_cluster, "vm", "advice", ns)["metadata"]["annotations"]["dynamicmemory.io/reason"]
+    assert "buffer" in reason and "→" in reason, reason
+    assert spec_guest(kv_cluster, "advice", ns) == "2Gi"
+    assert json.loads(kv_cluster.kubectl("get", "vmim", "-n", ns, "-o", "json").stdout)["items"] == []
+
+
+def test_falling_demand_shrinks_after_the_window_by_a_migration_and_never_below_boot(
+        kv_cluster: ControlPlane, kv_rig: KubeVirtRig, virt_handler: VirtHandler, kv_operator: Operator) -> None:
+    ns = namespace(kv_cluster, "kv-shrink")
+    # two shrinks an hour: the first may keep the peak the guest showed while it paged during its
+    # grow's migration (still in the 30 s window); the second reaches the floor
+    policy(kv_cluster, ns, "shrink", scaleDown={"stabilizationWindow": "30s", "minHistory": "10s", "maxPerHour": 2})
+    virt_handler.set_demand(ns, "shrinker", GIB)
+    apply(kv_cluster, vm_manifest("shrinker", ns, labels={"app": "shrink"}))
+    running_vmi(kv_cluster, "shrinker", ns)
+    virt_handler.set_demand(ns, "shrinker", 3 * GIB)
+
+    def grown() -> str | None:
+        guest = spec_guest(kv_cluster, "shrinker", ns)
+        done = get(kv_cluster, "vmi", "shrinker", ns)["status"]["memory"].get("guestCurrent") == guest
+        return guest if parse_quantity(guest) > 3 * GIB and done else None
+    wait_for("a grow past the demand, carried out", grown, 120, detail=lambda: vm_story(kv_cluster, "shrinker", ns))
+    virt_handler.set_demand(ns, "shrinker", GIB // 2)
+
+    def resizes() -> list[tuple[float, str]]:
+        text = get(kv_cluster, "vm", "shrinker", ns)["metadata"]["annotations"]["dynamicmemory.io/recent-resizes"]
+        return [(float(t), kind) for t, _, kind in (i.partition(":") for i in text.split(",") if i)]
+    wait_for("the shrinks down to the boot size", lambda: spec_guest(kv_cluster, "shrinker", ns) == "2Gi", 180,
+             detail=lambda: vm_story(kv_cluster, "shrinker", ns))
+    grows = [t for t, kind in resizes() if kind == "Grow"]
+    shrinks = [t for t, kind in resizes() if kind == "Shrink"]
+    assert 1 <= len(shrinks) <= 2 and min(shrinks) - max(grows) >= 30, (grows, shrinks)
+    vmi = wait_for("the last shrink carried out", lambda: (v := get(kv_cluster, "vmi", "shrinker", ns))["status"][
+        "memory"].get("guestCurrent") == "2Gi" and v, 90, detail=lambda: vm_story(kv_cluster, "shrinker", ns))
+    assert vmi["status"]["memory"]["guestAtBoot"] == "2Gi"  # KubeVirt cannot unplug below it; we never asked
+    assert condition(get(kv_cluster, "vm", "shrinker", ns), "RestartRequired") is None
+
+
+def test_a_deleted_vm_leaves_the_operator_working(kv_cluster: ControlPlane, kv_rig: KubeVirtRig,
+                                                  virt_handler: VirtHandler, kv_operator: Operator) -> None:
+    ns = namespace(kv_cluster, "kv-delete")
+    policy(kv_cluster, ns, "gone")
+    virt_handler.set_demand(ns, "gone", GIB)
+    apply(kv_cluster, vm_manifest("gone", ns, labels={"app": "gone"}))
+    running_vmi(kv_cluster, "gone", ns)
+    kv_cluster.kubectl("delete", "vm", "gone", "-n", ns, "--wait=true", "--timeout=60s")
+    wait_for("the VMI gone", lambda: not get(kv_cluster, "vmi", "gone", ns), 60)
+    passes = kv_operator.metric("dynamic_memory_cycle_seconds_count")
+    wait_for("three more passes", lambda: kv_operator.metric("dynamic_memory_cycle_seconds_count") >= passes + 3, 30)
+    assert "Traceback" not in kv_operator.output()
+
+
+def test_zz_the_operator_never_got_a_422_from_virt_api(kv_cluster: ControlPlane, kv_operator: Operator) -> None:
+    """Run last in this file: every PATCH the operator sent during the tier, refused by none."""
+    assert kv_cluster.audit_log is not None
+    codes = []
+    for line in kv_cluster.audit_log.read_text().splitlines():
+        event = json.loads(line)
+        if (event.get("stage") == "ResponseComplete" and event.get("verb") == "patch"
+                and "kubevirt-dynamic-memory" in event.get("user", {}).get("username", "")
+                and (event.get("objectRef") or {}).get("resource") == "virtualmachines"):
+            codes.append(event.get("responseStatus", {}).get("code"))
+    assert codes, "the operator patched no VM during the tier"
+    assert 422 not in codes, codes
