@@ -72,7 +72,9 @@ def crd() -> dict[str, Any]:
         "spec": {
             "group": GROUP,
             "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL,
-                      "singular": KIND.lower(), "shortNames": [SHORT_NAME], "categories": ["kubevirt"]},
+                      "singular": KIND.lower(), "shortNames": [SHORT_NAME]},
+            # no category "kubevirt": kubectl resolves the name "kubevirt" to a category before
+            # KubeVirt's own resource, so `kubectl get kubevirt -n kubevirt` would list our policies
             "scope": "Namespaced",
             "versions": [{
                 "name": VERSION, "served": True, "storage": True,
