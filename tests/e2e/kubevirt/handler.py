@@ -193,9 +193,10 @@ class VirtHandler:
             return
         ended: list[dict[str, Any]] = [{"op": "add", "path": "/status/migrationState/completed", "value": True},
                  {"op": "add", "path": "/status/migrationState/endTimestamp", "value": _now()}]
-        if key in self.settings.fail_migrations:
+        if key in self.settings.fail_migrations:  # the target's virt-launcher gives up and exits
             self._patch(vmi, [*ended, {"op": "add", "path": "/status/migrationState/failed", "value": True}])
             self.migrations.pop(uid, None)
+            self._end_pod(meta["namespace"], target_pod["metadata"]["name"])
             return
         memory = dict(status.get("memory") or {})
         wanted = (((vmi.get("spec") or {}).get("domain") or {}).get("memory") or {}).get("guest")
@@ -223,13 +224,16 @@ class VirtHandler:
     def _end_source_pods(self, namespace: str, vmi_uid: str, keep: str) -> None:
         """virt-launcher exits on the source once the domain left: its pod ends."""
         for pod in self._pods(namespace, label_selector=f"kubevirt.io/created-by={vmi_uid}"):
-            name = pod["metadata"]["name"]
-            if name != keep:
-                try:
-                    self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
-                except client.exceptions.ApiException as exc:
-                    if exc.status != 404:
-                        raise
+            if pod["metadata"]["name"] != keep:
+                self._end_pod(namespace, pod["metadata"]["name"])
+
+    def _end_pod(self, namespace: str, name: str) -> None:
+        """A launcher pod whose virt-launcher exited: gone (kwok runs no process to exit)."""
+        try:
+            self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+        except client.exceptions.ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def _export(self, vmi: dict[str, Any]) -> None:
         """The guest's memory metrics, as virt-handler's domain stats export them."""

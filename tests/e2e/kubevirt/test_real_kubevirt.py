@@ -209,6 +209,38 @@ def test_a_deleted_vm_leaves_the_operator_working(kv_cluster: ControlPlane, kv_r
     assert "Traceback" not in kv_operator.output()
 
 
+def test_a_failing_migration_is_retried_by_kubevirt_and_the_operator_waits(
+        kv_cluster: ControlPlane, kv_rig: KubeVirtRig, virt_handler: VirtHandler, kv_operator: Operator) -> None:
+    ns = namespace(kv_cluster, "kv-fail")
+    policy(kv_cluster, ns, "fail")
+    virt_handler.set_demand(ns, "flaky", GIB)
+    apply(kv_cluster, vm_manifest("flaky", ns, labels={"app": "fail"}))
+    running_vmi(kv_cluster, "flaky", ns)
+    virt_handler.settings.fail_migrations.add(f"{ns}/flaky")
+    virt_handler.set_demand(ns, "flaky", 5 * GIB // 2)  # short at 2Gi, not once grown
+
+    def failed() -> list[str | None] | None:
+        phases = [(m.get("status") or {}).get("phase") for m in json.loads(kv_cluster.kubectl(
+            "get", "vmim", "-n", ns, "-o", "json").stdout)["items"]]
+        return phases if "Failed" in phases else None
+    wait_for("a failed migration", failed, 90, detail=lambda: vm_story(kv_cluster, "flaky", ns))
+    held = wait_for("the operator's word on the VM", lambda: get(kv_cluster, "vm", "flaky", ns)["metadata"].get(
+        "annotations", {}).get("dynamicmemory.io/held"), 60, detail=lambda: vm_story(kv_cluster, "flaky", ns))
+    assert "live migration failed and KubeVirt retries it" in held, held
+    assert condition(get(kv_cluster, "vmi", "flaky", ns), "HotMemoryChange") is not None  # KubeVirt still wants it
+    wanted = spec_guest(kv_cluster, "flaky", ns)
+    time.sleep(10)  # five intervals of a guest still short of memory, its resize failing
+    # one resize, not re-sent while KubeVirt retries it (the operator's other writes set and clear the hold)
+    annotations = get(kv_cluster, "vm", "flaky", ns)["metadata"]["annotations"]
+    assert annotations["dynamicmemory.io/recent-resizes"].count("Grow") == 1, annotations
+    assert spec_guest(kv_cluster, "flaky", ns) == wanted
+    virt_handler.settings.fail_migrations.discard(f"{ns}/flaky")
+    wait_for("KubeVirt's retry to succeed", lambda: get(kv_cluster, "vmi", "flaky", ns)["status"]["memory"].get(
+        "guestCurrent") == wanted, 180, detail=lambda: vm_story(kv_cluster, "flaky", ns))
+    wait_for("the hold cleared", lambda: "dynamicmemory.io/held" not in get(kv_cluster, "vm", "flaky", ns)[
+        "metadata"].get("annotations", {}), 60)
+
+
 def test_zz_the_operator_never_got_a_422_from_virt_api(kv_cluster: ControlPlane, kv_operator: Operator) -> None:
     """Run last in this file: every PATCH the operator sent during the tier, refused by none."""
     assert kv_cluster.audit_log is not None
