@@ -76,6 +76,8 @@ class VirtHandler:
         """What each guest wants (default 1Gi); wanting as much as it has or more, it pages."""
         self.migrations: dict[str, _Migration] = {}
         self.errors: list[str] = []
+        self.exported: set[str] = set()
+        """namespace/name of the guests whose metrics this handler serves."""
         self.period_s = period_s
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -128,9 +130,9 @@ class VirtHandler:
             except client.exceptions.ApiException as exc:
                 if exc.status not in (409, 422):  # a race with virt-controller: next sync
                     raise
-        for namespace, name in list(self.metrics.guests):
-            if f"{namespace}/{name}" not in seen:
-                self.metrics.remove(namespace, name)
+        for key in self.exported - seen:  # only its own guests: the metrics endpoint is shared with other tests
+            self.metrics.remove(*key.split("/", 1))
+        self.exported = seen
 
     def _pods(self, namespace: str | None = None, *, label_selector: str) -> list[dict[str, Any]]:
         """Pods as plain JSON (the client's models are not needed here)."""
