@@ -25,7 +25,9 @@ NODE_MEMORY = "16Gi"
 T = TypeVar("T")
 
 
-@pytest.fixture(scope="session")
+# Module scope: the cluster, KubeVirt and the operator end with the tests that use them, so that
+# the stand-in tier's counts (API requests, PromQL queries on the shared Prometheus) see only its own.
+@pytest.fixture(scope="module")
 def kv_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     """etcd and kube-apiserver of their own, with our CRD."""
     if EXISTING:
@@ -38,7 +40,7 @@ def kv_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlan
         cp.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kv_rig(kv_cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeVirtRig]:
     """KubeVirt's own controllers, the scheduler and kwok, with three nodes."""
     rig = KubeVirtRig(kv_cluster, tmp_path_factory.mktemp("kubevirt"))
@@ -50,13 +52,13 @@ def kv_rig(kv_cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -
         rig.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kv_admin(kv_cluster: ControlPlane) -> client.ApiClient:
     api = config.new_client_from_config(config_file=str(kv_cluster.kubeconfig))  # type: ignore[no-untyped-call]
     return cast(client.ApiClient, api)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def virt_handler(kv_rig: KubeVirtRig, kv_admin: client.ApiClient, guest_metrics: GuestMetrics) -> Iterator[VirtHandler]:
     handler = VirtHandler(kv_admin, kv_rig.handler_kubeconfig, guest_metrics)
     yield handler
@@ -64,7 +66,7 @@ def virt_handler(kv_rig: KubeVirtRig, kv_admin: client.ApiClient, guest_metrics:
     assert not handler.errors, handler.errors[:5]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kv_operator(kv_cluster: ControlPlane, virt_handler: VirtHandler, prometheus: Prometheus,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     """The operator on the real-KubeVirt cluster, under exactly deploy/'s RBAC."""
