@@ -16,7 +16,9 @@ from dynamic_memory.policy.baselines import VPA, HyperV, Proxmox, Static
 from dynamic_memory.sim.replay import SLOT_S, replay
 from dynamic_memory.sim.traces import load_traces
 
-pytestmark = pytest.mark.slow
+# a hang guard, not a time limit: five replays of 3.9 million samples take several minutes on a busy
+# 2-core machine (with the e2e tier's processes still up), more than the suite's 600 s default
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def test_month_replay_meets_the_targets_and_no_baseline_beats_it(shared_trace: Path) -> None:
