@@ -86,7 +86,7 @@ def test_a_grow_is_a_migration_to_another_node(kv_cluster: ControlPlane, kv_rig:
     apply(kv_cluster, vm_manifest("grower", ns, labels={"app": "grow"}))
     before = running_vmi(kv_cluster, "grower", ns)
     source_node = before["status"]["nodeName"]
-    virt_handler.settings.migration_s = 2.0
+    virt_handler.settings.migration_s = 8.0  # long enough to see HotMemoryChange on a loaded machine
     virt_handler.set_demand(ns, "grower", 3 * GIB)  # the guest runs short: it pages
 
     def grown() -> str | None:
@@ -95,7 +95,7 @@ def test_a_grow_is_a_migration_to_another_node(kv_cluster: ControlPlane, kv_rig:
     wanted = wait_for("the operator's patch of the VM", grown, 60)
     # virt-controller hands the change to the VMI and marks it for a live migration
     wait_for("HotMemoryChange on the VMI", lambda: condition(get(kv_cluster, "vmi", "grower", ns), "HotMemoryChange"),
-             30, 0.2)
+             30, 0.2, detail=lambda: vm_story(kv_cluster, "grower", ns))
     migrations = wait_for("the workload updater's migration", lambda: json.loads(kv_cluster.kubectl(
         "get", "vmim", "-n", ns, "-o", "json").stdout)["items"], 60)
     assert migrations[0]["spec"]["vmiName"] == "grower"
