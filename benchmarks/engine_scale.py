@@ -1,8 +1,9 @@
-"""Engine scale: one decision pass (every VM's target, then every node's budget) over a fleet.
+"""Engine scale: one decision pass (every VM's target, then the cluster plan) over a fleet.
 
 The fleet is synthetic but shaped like the replayed month: most VMs steady, some growing, some
-due to shrink, a few busy with KubeVirt or without metrics, and one node in ten short of room so
-the budget's shortage path runs too. The same pure `plan` the operator and the simulator call.
+due to shrink, a few busy with KubeVirt or without metrics, and one node in ten nearly full so the
+plan's search for a landing node has to skip some. KubeVirt's default migration limits hold (five
+at once cluster-wide), as in a real cluster. The same pure `plan` the operator and the simulator call.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import random
 from typing import Any
 
 from benchmarks.common import median, say, timed
-from dynamic_memory.model import DemandSignal, PolicyParams, VMState
+from dynamic_memory.model import Blocker, Cluster, DemandSignal, Limit, NodeState, PolicyParams, VMState
 from dynamic_memory.policy.engine import Entry, plan
 from dynamic_memory.quantity import GIB, MIB
 
@@ -22,8 +23,8 @@ SIZES = ((1_000, 50), (10_000, 500), (100_000, 5_000))
 NOW = 1_800_000_000.0
 
 
-def fleet(vms: int, nodes: int, seed: int = 6) -> tuple[list[Entry], dict[str, int | None]]:
-    """`vms` running VMs spread over `nodes` nodes, and each node's room."""
+def fleet(vms: int, nodes: int, seed: int = 6) -> tuple[list[Entry], Cluster]:
+    """`vms` running VMs spread over `nodes` nodes, and the cluster they run on."""
     rng = random.Random(seed)
     params = [PolicyParams(startup=2 * GIB, minimum=2 * GIB, maximum=32 * GIB, weight=w) for w in (1000, 5000, 9000)]
     entries, held = [], [0] * nodes
@@ -43,11 +44,11 @@ def fleet(vms: int, nodes: int, seed: int = 6) -> tuple[list[Entry], dict[str, i
                   DemandSignal(demand, int(demand * rng.uniform(1.0, 1.2)), True, demand > assigned))
         vm = VMState(f"ns-{i % 97}/vm-{i}", f"node-{node}", assigned, 2 * GIB, 4 * assigned, 200 * MIB,
                      last_grow=NOW - rng.uniform(0, 86400) if rng.random() < 0.3 else None,
-                     blocked="migrating" if rng.random() < 0.01 else None)
+                     blocked=Blocker.MIGRATING if rng.random() < 0.01 else None)
         entries.append(Entry(vm, signal, params[i % 3]))
-        held[node] += assigned
-    rooms: dict[str, int | None] = {f"node-{n}": int(held[n] * (0.95 if n % 10 == 0 else 1.6)) for n in range(nodes)}
-    return entries, rooms
+        held[node] += assigned + 200 * MIB
+    free = [int(held[n] * (0.02 if n % 10 == 0 else 0.3)) for n in range(nodes)]
+    return entries, Cluster({f"node-{n}": NodeState(f"node-{n}", held[n] + free[n], free[n]) for n in range(nodes)})
 
 
 def touch(entries: list[Entry]) -> int:
@@ -59,11 +60,11 @@ def touch(entries: list[Entry]) -> int:
     return total
 
 
-def profiled(entries: list[Entry], rooms: dict[str, int | None], top: int = 12) -> tuple[int, str]:
+def profiled(entries: list[Entry], cluster: Cluster, top: int = 12) -> tuple[int, str]:
     """One pass under cProfile: its Python function calls (the algorithm's work, free of cache
     effects) and where its time goes (the top functions by own time)."""
     profiler = cProfile.Profile()
-    profiler.runcall(plan, entries, rooms, NOW)
+    profiler.runcall(plan, entries, cluster, NOW)
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats("tottime").print_stats(top)
@@ -75,20 +76,21 @@ def run(quick: bool = False) -> dict[str, Any]:
     sizes: dict[str, Any] = {}
     profiles: dict[int, str] = {}
     for vms, nodes in SIZES:
-        entries, rooms = fleet(vms, nodes)
+        entries, cluster = fleet(vms, nodes)
         repeat = (3 if quick else 7) if vms >= 100_000 else (7 if quick else 21)
-        decisions = plan(entries, rooms, NOW)  # also the warm-up
-        times = timed(lambda e=entries, r=rooms: plan(e, r, NOW), repeat)  # type: ignore[misc]
-        python_calls, profiles[vms] = profiled(entries, rooms)
+        decisions = plan(entries, cluster, NOW)  # also the warm-up
+        times = timed(lambda e=entries, c=cluster: plan(e, c, NOW), repeat)  # type: ignore[misc]
+        python_calls, profiles[vms] = profiled(entries, cluster)
         changed = sum(d.changes for d in decisions)
-        limited = sum(d.limited == "room" for d in decisions)
+        limited = sum(d.limited is Limit.MIGRATIONS for d in decisions)
         touched = timed(lambda e=entries: touch(e), repeat)  # type: ignore[misc]
         sizes[str(vms)] = {"vms": vms, "nodes": nodes, "median_ms": median(times) * 1000,
                            "touch_ms": median(touched) * 1000, "python_calls": python_calls,
-                           "min_ms": min(times) * 1000, "repeat": repeat, "changed": changed, "room_limited": limited,
+                           "min_ms": min(times) * 1000, "repeat": repeat, "changed": changed,
+                           "waiting_for_migrations": limited,
                            "us_per_vm": median(times) / vms * 1e6}
         say(f"engine: {vms:>7,} VMs on {nodes:>5,} nodes: {median(times) * 1000:8.1f} ms median of {repeat} "
-            f"({median(times) / vms * 1e6:.2f} µs a VM; {changed:,} resizes, {limited:,} capped by room)")
+            f"({median(times) / vms * 1e6:.2f} µs a VM; {changed:,} resizes, {limited:,} waiting for a migration slot)")
     ratio = sizes["100000"]["median_ms"] / sizes["10000"]["median_ms"]
     touch_ratio = sizes["100000"]["touch_ms"] / sizes["10000"]["touch_ms"]
     calls_ratio = sizes["100000"]["python_calls"] / sizes["10000"]["python_calls"]

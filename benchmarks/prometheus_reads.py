@@ -84,10 +84,10 @@ def serve(metrics: GuestMetrics, target: str) -> None:
 
 def naive_read(source: PrometheusSource, group: Group, keys: list[tuple[str, str]], now: float) -> dict[str, Any]:
     """The same signals, asked one VM at a time."""
-    out = {}
+    out: dict[str, Any] = {}
     for ns, name in keys:
         one = Group(group.spec, MetricsView(matchers=f'name="{name}"'), frozenset({ns}))
-        out.update(source.signals({one: [f"{ns}/{name}"]}, now))
+        out.update(source.signals({one: [f"{ns}/{name}"]}, now)[0])
     return out
 
 
@@ -113,23 +113,23 @@ def measure(n: int, naive_sample: int, repeat: int, profile_repeat: int = 3) -> 
             all_keys = [f"{ns}/{name}" for ns, name in keys]
             now = time.time()
             started = time.perf_counter()
-            signals = source.signals({group: all_keys}, now)  # the first pass reads the windows too
+            signals = source.signals({group: all_keys}, now)[0]  # the first pass reads the windows too
             seed_s = time.perf_counter() - started
             known = sum(s.latest is not None for s in signals.values())
             history = sum(s.enough_history for s in signals.values())
-            batched = timed(lambda: source.signals({group: all_keys}, time.time()), repeat)
+            batched = timed(lambda: source.signals({group: all_keys}, time.time())[0], repeat)
             per_query = {}
             profiled = {**queries(group), **{f"seed-{ago / 3600:g}h": q for ago, q in seed_queries(group).items()}}
             for purpose, promql in profiled.items() if profile_repeat else ():
                 per_query[purpose] = median(timed(partial(source.client.custom_query, promql), profile_repeat)) * 1000
             sample = keys[:: max(1, n // naive_sample)][:naive_sample]
             stateless = PrometheusSource(PrometheusSettings(prom.url, timeout_s=120), keep_windows=False)
-            whole = timed(lambda: stateless.signals({group: all_keys}, time.time()), profile_repeat) \
+            whole = timed(lambda: stateless.signals({group: all_keys}, time.time())[0], profile_repeat) \
                 if profile_repeat else []
             started = time.perf_counter()
             naive = naive_read(stateless, group, sample, now)
             naive_s = time.perf_counter() - started
-            signals = source.signals({group: all_keys}, now)
+            signals = source.signals({group: all_keys}, now)[0]
             agree = all(naive[k].latest == signals[k].latest and naive[k].peak == signals[k].peak
                         and naive[k].enough_history == signals[k].enough_history for k in naive)
         finally:

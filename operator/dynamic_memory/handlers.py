@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -22,24 +23,19 @@ from typing import Any, cast
 import kopf
 
 from dynamic_memory import metrics
-from dynamic_memory.actuators.kubevirt import boot_patch, held_patch, recommend_patch, resize_patch
+from dynamic_memory.actuators.intents import Intent, Kind, intents
 from dynamic_memory.api import GROUP, PLURAL, VERSION, PolicySpec, validation_errors
 from dynamic_memory.config import OperatorConfig
 from dynamic_memory.errors import UserError
-from dynamic_memory.model import Decision, DemandSignal, Mode
+from dynamic_memory.model import Limit, Mode, NodeState
 from dynamic_memory.quantity import format_bytes, parse_duration
-from dynamic_memory.reconcile import (
-    PolicyPass,
-    metrics_groups,
-    node_allocatable,
-    plan_all,
-    pod_request,
-    running_vms,
-)
-from dynamic_memory.sources.prometheus import PrometheusError, PrometheusSettings, PrometheusSource
+from dynamic_memory.reconcile import Plan, PolicyPass, Snapshot, metrics_groups, plan_all, running_vms
+from dynamic_memory.sources.cluster import PodInfo, migration_active, migration_limits, node_state, pod_info
+from dynamic_memory.sources.prometheus import Group, PrometheusError, PrometheusSettings, PrometheusSource
 from dynamic_memory.status import (
     BALLOON_ATTACHED,
     CAPACITY_LIMITED,
+    HOTPLUGGABLE,
     METRICS_AVAILABLE,
     READY,
     set_condition,
@@ -57,7 +53,10 @@ class PassState:
     last: float = 0.0
     time: float = 0.0
     passes: dict[str, PolicyPass] = field(default_factory=dict)
-    metrics: tuple[bool, str] = (False, "no pass yet")
+    metrics: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Policy → its MetricsAvailable reason (Queried when its queries were answered) and words."""
+    labelled: set[tuple[str, str, str]] = field(default_factory=set)
+    """Per-VM gauge labels set by the last pass: removed when their VM is no longer decided."""
     statuses: dict[str, tuple[float, int, dict[str, Any]]] = field(default_factory=dict)
     """Policy → (pass time, generation, status) as last built: timers tick each second, passes are
     rarer, so a tick between passes reuses it instead of building it again."""
@@ -120,17 +119,30 @@ def vmi_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> di
 
 
 @kopf.index("", "v1", "nodes")
-def node_index(name: str, body: kopf.Body, **_: Any) -> dict[str, int] | None:
-    """node → allocatable memory."""
-    allocatable = node_allocatable(body)
-    return None if allocatable is None else {name: allocatable}
+def node_index(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeState] | None:
+    """node → its allocatable memory, labels and taints."""
+    node = node_state(body)
+    return None if node is None else {name: node}
 
 
 @kopf.index("", "v1", "pods")
-def pod_index(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
-    """node → memory requests of its running pods."""
-    found = pod_request(body)
-    return None if found is None else {found[0]: found[1]}
+def pod_index(body: kopf.Body, **_: Any) -> dict[str, PodInfo] | None:
+    """node → its bound pods' memory requests (and the VMI a virt-launcher pod belongs to)."""
+    found = pod_info(body)
+    return None if found is None else {found.node: found}
+
+
+@kopf.index(*KUBEVIRT, "virtualmachineinstancemigrations")
+def migration_index(body: kopf.Body, **_: Any) -> dict[str, bool]:
+    """namespace/VMI name → a migration of it is pending or running."""
+    key, active = migration_active(body)
+    return {key: active}
+
+
+@kopf.index(*KUBEVIRT, "kubevirts")
+def kubevirt_index(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    """The KubeVirt CR: its migration limits."""
+    return {"kubevirt": _cached(body)}
 
 
 # --- policies -------------------------------------------------------------------------------
@@ -199,7 +211,7 @@ async def reconcile(spec: kopf.Spec, body: kopf.Body, meta: kopf.Meta, name: str
         return
     built = state.statuses.get(key)
     if built is None or built[:2] != (state.time, generation):
-        built = state.time, generation, _status(result, state, conditions, generation, now)
+        built = state.time, generation, _status(key, result, state, conditions, generation, now)
         state.statuses[key] = built
     _write_changed(patch, body, built[2])
 
@@ -215,38 +227,45 @@ def _write_changed(patch: kopf.Patch, body: kopf.Body, status: Mapping[str, Any]
         patch.status[field_name] = value
 
 
-def _status(result: PolicyPass, state: PassState, conditions: list[dict[str, Any]], generation: int,
+def _status(key: str, result: PolicyPass, state: PassState, conditions: list[dict[str, Any]], generation: int,
             now: float) -> dict[str, Any]:
     """A policy's status after a pass: conditions and the summary of its VMs."""
-    ok, message = state.metrics
-    conditions = set_condition(conditions, METRICS_AVAILABLE, ok, "Queried" if ok else "PrometheusUnreachable",
-                               message, generation, now)
-    limited = [d for d in result.decisions if d.limited == "room"]
-    conditions = set_condition(conditions, CAPACITY_LIMITED, bool(limited), "NodeRoom" if limited else "Fits",
-                               ", ".join(d.key for d in limited[:10]) or "every VM fits its node", generation, now)
+    reason, message = state.metrics.get(key, ("NoPassYet", "no pass yet"))
+    conditions = set_condition(conditions, METRICS_AVAILABLE, reason == "Queried", reason, message, generation, now)
+    limited = [d for d in result.decisions if d.limited in (Limit.ROOM, Limit.LANDING)]
+    conditions = set_condition(conditions, CAPACITY_LIMITED, bool(limited),
+                               "NoLanding" if limited else "Fits",
+                               "; ".join(f"{d.key}: {d.notes[-1].text()}" for d in limited[:10] if d.notes)
+                               or "every change has a node to migrate to", generation, now)
+    shapes = [(d.key, d.why.text()) for d, e in zip(result.decisions, result.entries, strict=True)
+              if e.vm.blocked is not None and e.vm.blocked.lasting]
+    conditions = set_condition(conditions, HOTPLUGGABLE, not shapes, "NotHotpluggable" if shapes else "Hotpluggable",
+                               "; ".join(f"{k}: {w}" for k, w in shapes[:10])
+                               or "KubeVirt can hotplug every running VM's memory", generation, now)
     conditions = set_condition(conditions, BALLOON_ATTACHED, not result.balloon_off,
                                "BalloonOff" if result.balloon_off else "Attached",
                                ("autoattachMemBalloon is false on " + ", ".join(result.balloon_off[:10])
                                 + ": no guest statistics, so these VMs are never resized")
                                if result.balloon_off else "guest statistics available", generation, now)
     overlap = "; ".join(f"{vm} is governed by {other}" for vm, other in list(result.claimed_elsewhere.items())[:10])
+    raised = "; ".join(f"{vm} booted above the startup size (it restarted after a grow) and cannot shrink below "
+                       "that until it is stopped" for vm in result.raised_floor[:10])
     conditions = set_condition(conditions, READY, True, "Reconciled",
                                f"{len(result.decisions)} running of {len(result.selected)} selected VMs decided"
-                               + (f"; {overlap}" if overlap else ""), generation, now)
+                               + "".join(f"; {x}" for x in (overlap, raised) if x), generation, now)
     return {"conditions": conditions, "observedGeneration": generation,
             **summary(len(result.selected), result.decisions, state.time)}
 
 
-async def _global_pass(memo: kopf.Memo, logger: kopf.Logger,
-                       indexes: Mapping[str, Any]) -> tuple[dict[str, PolicyPass], tuple[bool, str]]:
-    """Prometheus, the engine over every policy's VMs, and the patches."""
-    now = memo.state.time = time.time()
-    started = time.perf_counter()
+def _snapshot(memo: kopf.Memo, indexes: Mapping[str, Any]) -> Snapshot:
+    """What the watch caches hold now."""
     policy_idx: kopf.Index[str, dict[str, Any]] = indexes["policy_index"]
     vm_idx: kopf.Index[str, tuple[str, dict[str, Any]]] = indexes["vm_index"]
     vmi_idx: kopf.Index[str, dict[str, Any]] = indexes["vmi_index"]
-    node_idx: kopf.Index[str, int] = indexes["node_index"]
-    pod_idx: kopf.Index[str, Any] = indexes["pod_index"]
+    node_idx: kopf.Index[str, NodeState] = indexes["node_index"]
+    pod_idx: kopf.Index[str, PodInfo] = indexes["pod_index"]
+    migration_idx: kopf.Index[str, bool] = indexes["migration_index"]
+    kubevirt_idx: kopf.Index[str, dict[str, Any]] = indexes["kubevirt_index"]
     policies = {}
     for key in policy_idx:
         for raw in _store(policy_idx, key)[:1]:
@@ -255,109 +274,97 @@ async def _global_pass(memo: kopf.Memo, logger: kopf.Logger,
                 spec = spec.model_copy(update={"mode": memo.config.effective_mode(spec.mode)})
                 if spec.mode != Mode.OFF.value:
                     policies[key] = spec
-    vms = {ns: dict(_store(vm_idx, ns)) for ns in vm_idx}
-    vmis = {k: v for k in vmi_idx for v in _store(vmi_idx, k)[:1]}
-    allocatable = {n: v for n in node_idx for v in _store(node_idx, n)[:1]}
-    pods = {n: _store(pod_idx, n) for n in pod_idx}
-    running = running_vms(policies, vms, vmis)
-    signals: Mapping[str, DemandSignal] = {}
-    try:
-        sent = memo.prometheus.queries_sent
-        signals = await asyncio.to_thread(memo.prometheus.signals, metrics_groups(policies, running), now)
-        metrics.PROM_QUERIES.inc(memo.prometheus.queries_sent - sent)
-        fresh = sum(s.latest is not None for s in signals.values())
-        state = (True, f"{fresh} of {len(signals)} running VMs have fresh guest metrics")
-    except PrometheusError as exc:
-        metrics.ERRORS.labels("PrometheusUnreachable").inc()
-        state = (False, f"{exc}; holding every VM (unknown demand never shrinks)")
-    passes = plan_all(policies, vms, vmis, signals, allocatable, pods, memo.config.node_reserve, now)
-    budget = [memo.config.max_in_flight - _in_flight(vmis)]
-    by_key = {f"{ns}/{n}": vm for ns, named in vms.items() for n, vm in named.items()}
-    for key, result in passes.items():
-        await _act(policies[key], key, result, by_key, memo, logger, now, budget)
-        for node, room in result.rooms.items():
-            if room is not None:
-                metrics.NODE_ROOM.labels(node).set(room)
-    metrics.CYCLE.observe(time.perf_counter() - started)
-    return passes, state
+    return Snapshot(
+        policies=policies,
+        vms={ns: dict(_store(vm_idx, ns)) for ns in vm_idx},
+        vmis={k: v for k in vmi_idx for v in _store(vmi_idx, k)[:1]},
+        nodes=[v for n in node_idx for v in _store(node_idx, n)[:1]],
+        pods=[p for n in pod_idx for p in _store(pod_idx, n)],
+        migrations={k: any(_store(migration_idx, k)) for k in migration_idx},
+        limits=migration_limits(_store(kubevirt_idx, "kubevirt")),
+        own_cap=memo.config.max_in_flight,
+        reserve=memo.config.node_reserve,
+    )
 
 
-def _in_flight(vmis: Mapping[str, Mapping[str, Any]]) -> int:
-    count = 0
-    for vmi in vmis.values():
-        for cond in (vmi.get("status") or {}).get("conditions") or []:
-            if cond.get("type") == "HotMemoryChange" and cond.get("status") == "True":
-                count += 1
-    return count
+async def _global_pass(memo: kopf.Memo, logger: kopf.Logger,
+                       indexes: Mapping[str, Any]) -> tuple[dict[str, PolicyPass], dict[str, tuple[str, str]]]:
+    """One pass, as VPA's RunOnce: snapshot → signals → plan → intents → send → report."""
+    now = memo.state.time = time.time()
+    started = time.perf_counter()
+    snapshot = _snapshot(memo, indexes)
+    groups, of_policy = metrics_groups(snapshot.policies, running_vms(snapshot.policies, snapshot.vms,
+                                                                      snapshot.vmis))
+    sent = memo.prometheus.queries_sent
+    signals, failed = await asyncio.to_thread(memo.prometheus.signals, groups, now)
+    metrics.PROM_QUERIES.inc(memo.prometheus.queries_sent - sent)
+    plan = plan_all(snapshot, signals, now, of_policy)
+    for intent in intents(plan, snapshot, now):
+        await _send(memo, logger, intent)
+    _report(memo.state, plan, time.perf_counter() - started)
+    return plan.passes, {key: _metrics_state(of_policy.get(key), groups, signals, failed)
+                         for key in snapshot.policies}
 
 
-async def _act(policy: PolicySpec, policy_key: str, result: PolicyPass, by_key: Mapping[str, dict[str, Any]],
-               memo: kopf.Memo, logger: kopf.Logger, now: float, budget: list[int]) -> None:
-    """Send a policy's patches: resizes (Auto), recommendations (Recommend), boot sizes of stopped VMs.
-    `budget` holds the resizes still allowed in flight cluster-wide; it is shared by the whole pass."""
-    mode = Mode(policy.mode)
-    for decision in result.decisions:
-        labels = (*decision.key.split("/", 1), policy_key)
-        metrics.ASSIGNED.labels(*labels).set(decision.current)
-        metrics.TARGET.labels(*labels).set(decision.target)
-        if decision.demand is not None:
-            metrics.DEMAND.labels(*labels).set(decision.demand)
-        vm = by_key[decision.key]
-        if mode is Mode.RECOMMEND:
-            body = recommend_patch(vm, decision, now)
-            if body is not None:
-                await _patch(memo, logger, vm, body, decision, "recommended")
-            continue
-        held = held_patch(vm, decision if decision.limited == "blocked" else None)
-        if held is not None:
-            await _patch(memo, logger, vm, held, None, "held")
-        if decision.limited == "blocked":
-            continue
-        if not decision.changes:
-            continue
-        if budget[0] <= 0:
-            metrics.DECISIONS.labels(decision.why.code, "deferred").inc()
-            logger.info(f"{decision.key}: {decision.action.value} deferred, "
-                        f"{memo.config.max_in_flight} resizes already in flight")
-            continue
-        if await _patch(memo, logger, vm, resize_patch(vm, decision, now), decision, "applied"):
-            budget[0] -= 1
-    if mode is Mode.AUTO:
-        params = policy.params()
-        for key in result.stopped:
-            vm = by_key[key]
-            vm_spec = vm.get("spec") or {}
-            body = boot_patch(vm, params)
-            if body is not None and not (vm_spec.get("running") or
-                                         vm_spec.get("runStrategy") in ("Always", "RerunOnFailure")):
-                await _patch(memo, logger, vm, body, None, "boot-sized")
+def _metrics_state(group: Group | None, groups: Mapping[Group, list[str]], signals: Mapping[str, Any],
+                   failed: Mapping[Group, PrometheusError]) -> tuple[str, str]:
+    """A policy's MetricsAvailable: Queried when its group's queries were answered, and words."""
+    if group is None or group in failed:
+        error = failed.get(group) if group is not None else None
+        reason = "PrometheusUnreachable" if error is None or error.unreachable else "QueryFailed"
+        metrics.ERRORS.labels(reason).inc()
+        return reason, f"{error}; holding every VM of this policy (unknown demand never shrinks)"
+    keys = groups.get(group, [])
+    fresh = sum(1 for k in keys if (s := signals.get(k)) is not None and s.latest is not None)
+    return "Queried", f"{fresh} of {len(keys)} running VMs have fresh guest metrics"
 
 
-async def _patch(memo: kopf.Memo, logger: kopf.Logger, vm: Mapping[str, Any], body: dict[str, Any],
-                 decision: Decision | None, outcome: str) -> bool:
+def _report(state: PassState, plan: Plan, seconds: float) -> None:
+    """Gauges of the pass: per VM (removed when a VM is no longer decided) and per node."""
+    labelled: set[tuple[str, str, str]] = set()
+    for key, result in plan.passes.items():
+        for decision in result.decisions:
+            namespace, name = decision.key.split("/", 1)
+            labels = (namespace, name, key)
+            labelled.add(labels)
+            metrics.ASSIGNED.labels(*labels).set(decision.current)
+            metrics.TARGET.labels(*labels).set(decision.target)
+            if decision.demand is not None:
+                metrics.DEMAND.labels(*labels).set(decision.demand)
+    for gone in state.labelled - labelled:
+        for gauge in (metrics.ASSIGNED, metrics.TARGET, metrics.DEMAND):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*gone)
+    state.labelled = labelled
+    for node in plan.cluster.nodes.values():
+        metrics.NODE_ROOM.labels(node.name).set(node.free)
+    metrics.CYCLE.observe(seconds)
+
+
+async def _send(memo: kopf.Memo, logger: kopf.Logger, intent: Intent) -> bool:
     """One VM patch; a conflict or a vanished VM is logged and decided again next pass."""
     from kubernetes.client.exceptions import ApiException
 
-    meta = vm.get("metadata") or {}
+    namespace, name = intent.key.split("/", 1)
 
     def send() -> None:
         memo.kube.patch_namespaced_custom_object(
-            group=KUBEVIRT[0], version=KUBEVIRT[1], namespace=str(meta.get("namespace")), plural="virtualmachines",
-            name=str(meta.get("name")), body=body, _content_type="application/merge-patch+json")
+            group=KUBEVIRT[0], version=KUBEVIRT[1], namespace=namespace, plural="virtualmachines",
+            name=name, body=intent.body, _content_type="application/merge-patch+json")
 
     try:
         await asyncio.to_thread(send)
     except ApiException as exc:
         reason = {404: "VMGone", 409: "Conflict", 403: "Forbidden"}.get(exc.status or 0, "PatchFailed")
         metrics.ERRORS.labels(reason).inc()
-        logger.warning(f"{meta.get('namespace')}/{meta.get('name')}: patch refused ({exc.status} {reason}); "
-                       "it is decided again next pass")
+        logger.warning(f"{intent.key}: patch refused ({exc.status} {reason}); it is decided again next pass")
         return False
+    decision = intent.decision
     if decision is not None:
-        metrics.DECISIONS.labels(decision.why.code, outcome).inc()
-        verb = {"applied": "Resized", "recommended": "Recommended"}[outcome]
+        metrics.DECISIONS.labels(decision.why.code, intent.kind.value).inc()
         change = f"{format_bytes(decision.current)} → {format_bytes(decision.target)}"
+        where = f" (expected to land on {decision.landing})" if intent.kind is Kind.RESIZE and decision.landing else ""
         # kopf.event, not kopf.info: posting.level keeps Kopf's own per-tick logs out of Events, not ours
-        kopf.event(kopf.Body(cast(kopf.RawBody, dict(vm))), type="Normal", reason=verb,
-                   message=f"{decision.action.value} {change}: {decision.reason}"[:1024])
+        kopf.event(kopf.Body(cast(kopf.RawBody, dict(intent.vm))), type="Normal", reason=intent.kind.value,
+                   message=f"{decision.action.value} {change}{where}: {decision.reason}"[:1024])
     return True

@@ -10,7 +10,7 @@ from __future__ import annotations
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum, StrEnum
 from types import MappingProxyType
 from typing import NamedTuple
 
@@ -29,6 +29,44 @@ class Mode(StrEnum):
     AUTO = "Auto"
     RECOMMEND = "Recommend"
     OFF = "Off"
+
+
+class Limit(StrEnum):
+    """What held a decision's target back."""
+
+    ROOM = "room"
+    """No other node has room for the new size (every resize is a migration to another node)."""
+    LANDING = "landing"
+    """No other node the VM may run on at all (pinned, or its placement allows one node)."""
+    MIGRATIONS = "migrations"
+    """KubeVirt's parallel migration limits (or the operator's own) are used up: next pass."""
+    RATE = "rate"
+    BLOCKED = "blocked"
+    BOUNDS = "bounds"
+
+
+class Blocker(Enum):
+    """Why KubeVirt cannot take a memory change for a VM: a code for Events and metrics, words, and
+    whether it lasts while the VM runs (those are never patched: a patch would earn a 422 or a
+    RestartRequired, and a retry every pass)."""
+
+    RESTART_REQUIRED = ("RestartRequired", "KubeVirt waits for a restart", False)
+    HOTPLUG_IN_PROGRESS = ("HotplugInProgress", "memory hotplug in progress (HotMemoryChange)", False)
+    HOTPLUG_RETRYING = ("HotplugRetrying", "memory hotplug waiting: its live migration failed and KubeVirt "
+                        "retries it", False)
+    CHANGE_PENDING = ("ChangePending", "memory change not yet taken up by KubeVirt", False)
+    MIGRATING = ("Migrating", "a live migration is pending or running", False)
+    NOT_MIGRATABLE = ("NotMigratable", "not live-migratable (LiveMigratable is not True)", False)
+    INSTANCETYPE = ("Instancetype", "its memory comes from an instancetype, which owns memory.guest", True)
+    MEMORY_REQUESTS = ("MemoryRequests", "it sets resources.requests/limits.memory, which a hotplug does not "
+                       "carry over to its next pod", True)
+    NO_MAX_GUEST = ("NoMaxGuest", "its VMI has no maxGuest: KubeVirt disabled memory hotplug for it", True)
+    UNSUPPORTED = ("HotplugUnsupported", "KubeVirt cannot hotplug memory for this VM's shape", True)
+
+    def __init__(self, code: str, words: str, lasting: bool) -> None:
+        self.code = code
+        self.words = words
+        self.lasting = lasting
 
 
 class Action(StrEnum):
@@ -76,6 +114,71 @@ class PolicyParams:
     mode: Mode = Mode.AUTO
 
 
+class Toleration(NamedTuple):
+    """A pod toleration (core/v1), as the scheduler matches it against node taints."""
+
+    key: str = ""
+    operator: str = "Equal"
+    value: str = ""
+    effect: str = ""
+
+
+class Taint(NamedTuple):
+    """A node taint; only NoSchedule and NoExecute keep pods off."""
+
+    key: str
+    value: str = ""
+    effect: str = "NoSchedule"
+
+
+class Requirement(NamedTuple):
+    """One matchExpressions entry of a required node affinity term (matchFields on metadata.name
+    are turned into one on the key `metadata.name`)."""
+
+    key: str
+    operator: str
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a VM's pods may be scheduled: its virt-launcher pod's nodeSelector, required node
+    affinity (terms ORed, requirements ANDed) and tolerations. A migration target pod carries
+    the same, plus a required anti-affinity against the VM's current node."""
+
+    node_selector: tuple[tuple[str, str], ...] = ()
+    terms: tuple[tuple[Requirement, ...], ...] = ()
+    tolerations: tuple[Toleration, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """A node as the scheduler sees it, for placing migration target pods."""
+
+    name: str
+    allocatable: int
+    free: int
+    """allocatable − the operator's reserve − memory requests of every pod bound to it (launcher
+    pods and migration target pods included)."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    taints: tuple[Taint, ...] = ()
+    schedulable: bool = True
+    outbound: int = 0
+    """Migrations under way out of this node."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """The nodes and KubeVirt's migration limits, for the cluster plan."""
+
+    nodes: Mapping[str, NodeState]
+    migrations_left: int = 5
+    """Migrations that may start now: parallelMigrationsPerCluster (and the operator's own cap)
+    minus those under way."""
+    outbound_per_node: int = 2
+    """parallelOutboundMigrationsPerNode."""
+
+
 @dataclass(frozen=True, slots=True)
 class VMState:
     """One running VM as the engine sees it (KubeVirt's VMI status.memory plus our own history)."""
@@ -90,14 +193,27 @@ class VMState:
     max_guest: int
     """Live ceiling: spec.domain.memory.maxGuest, fixed while the VM runs."""
     overhead: int = 0
-    """virt-launcher overhead on top of the guest in the pod's request (status.memory.memoryOverhead)."""
+    """virt-launcher overhead: its pod's memory request minus the guest (KubeVirt reports it in
+    status.memory.memoryOverhead only behind an alpha gate). A migration's target pod asks for
+    the new guest plus this."""
     last_grow: float | None = None
     """When we last grew this VM; shrinking waits a whole scale-down window after it. (Shrinks need
     no cooldown of their own: the window's peak already holds them up, and maxPerHour paces them.)"""
     grows_last_hour: int = 0
     shrinks_last_hour: int = 0
-    blocked: str | None = None
-    """Why KubeVirt cannot resize it now (migrating, hotplug in progress, not migratable, ...)."""
+    blocked: Blocker | None = None
+    """Why KubeVirt cannot resize it now (migrating, hotplug in progress, not hotpluggable, ...)."""
+    blocked_detail: str = ""
+    """KubeVirt's own words for the block, when it gave any."""
+    own_change: bool = False
+    """The change KubeVirt is busy with is ours (the VM's spec guest is what we last asked for)."""
+    alignment: int = KUBEVIRT_BLOCK
+    """Hotplug block: 2 MiB, or 1 GiB with 1Gi hugepages (virt-api refuses anything else)."""
+    unplug_gap: int = 0
+    """guestCurrent above guestRequested: memory the guest did not give back after an unplug
+    (KubeVirt does not guarantee a full unplug). Reported; it does not block the next change."""
+    placement: Placement | None = None
+    """Where its pods may run (from its virt-launcher pod); None: any node."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,11 +286,13 @@ class Decision(NamedTuple):
     why: Why
     demand: int | None = None
     wanted: int | None = None
-    """Target before the node budget (equal to target unless the node is short)."""
-    limited: str | None = None
-    """What held the target back: 'room', 'rate', 'blocked', 'bounds' or None."""
+    """Target before the cluster plan (equal to target unless no node could take it)."""
+    limited: Limit | None = None
+    """What held the target back, if anything."""
     notes: tuple[Why, ...] = ()
-    """Later steps' words (the node budget's cut)."""
+    """Later steps' words (the cluster plan's cut)."""
+    landing: str | None = None
+    """The node the cluster plan expects the resized VM to migrate to (the scheduler picks)."""
 
     @property
     def reason(self) -> str:

@@ -106,6 +106,6 @@ def recommend(series: Mapping[str, VMHistory], params: PolicyParams, now: float,
         floor = max(params.minimum, params.startup)
         vm = VMState(key, s.node, s.size, min(floor, s.size) if s.size else floor, max(params.maximum, s.size))
         entries.append(Entry(vm, history.signal(now), params))
-    decisions = engine.plan(entries, {e.vm.node: None for e in entries}, now)
+    decisions = engine.plan(entries, None, now)
     return [Recommendation(e.vm.key, e.vm.node, e.vm.assigned, d.target, d.action, e.signal.peak, d.reason)
             for e, d in zip(entries, decisions, strict=True)]

@@ -1,10 +1,9 @@
 """One pass over every policy, from the watch caches to decisions. No kopf, no I/O: the handlers
-feed it what the indexes hold and what Prometheus answered, and send what it returns.
+take a Snapshot of the indexes, ask Prometheus, and send what the plan returns.
 
-All policies are planned together: a node's budget must weigh every managed VM on it (weights
-are per policy, so they only matter between policies). Room on a node = allocatable − reserve −
-memory requests of every pod there that is not a managed VM's virt-launcher − the launcher
-overhead of the managed VMs there.
+All policies are planned together: every change is a migration that takes room on another node
+and one of KubeVirt's parallel migrations, so the whole cluster is one plan, heaviest weights first
+(weights are per policy, so they only matter between policies).
 """
 
 from __future__ import annotations
@@ -15,52 +14,37 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dynamic_memory.api import PolicySpec
-from dynamic_memory.model import Decision, DemandSignal
+from dynamic_memory.model import Cluster, Decision, DemandSignal, NodeState
 from dynamic_memory.policy.engine import DynamicMemory, Entry, SignalSpec
-from dynamic_memory.quantity import parse_duration, parse_quantity
-from dynamic_memory.sources.kubevirt import balloon_disabled, key_of, vm_state
+from dynamic_memory.quantity import parse_duration
+from dynamic_memory.sources.cluster import PodInfo, cluster, launcher_pod
+from dynamic_memory.sources.kubevirt import _condition, _get, balloon_disabled, key_of, vm_state
 from dynamic_memory.sources.prometheus import Group, MetricsView
-
-VM_NAME_LABEL = "vm.kubevirt.io/name"
-"""KubeVirt's label on a virt-launcher pod naming its VMI."""
 
 Obj = Mapping[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class PodRequest:
-    """A pod's memory request on its node, and the VM it runs if it is a virt-launcher."""
+@dataclass(frozen=True)
+class Snapshot:
+    """What the watch caches hold at the start of a pass (plain dicts and plain data)."""
 
-    namespace: str
-    vm: str | None
-    memory: int
-
-
-def pod_request(pod: Obj) -> tuple[str, PodRequest] | None:
-    """(node, request) of a scheduled, not finished pod; None otherwise."""
-    spec, status = pod.get("spec") or {}, pod.get("status") or {}
-    node = spec.get("nodeName")
-    if not node or status.get("phase") in ("Succeeded", "Failed"):
-        return None
-    memory = 0
-    for container in spec.get("containers") or []:
-        request = ((container.get("resources") or {}).get("requests") or {}).get("memory")
-        if request:
-            try:
-                memory += parse_quantity(str(request))
-            except ValueError:
-                continue
-    meta = pod.get("metadata") or {}
-    return node, PodRequest(meta.get("namespace", ""), (meta.get("labels") or {}).get(VM_NAME_LABEL), memory)
-
-
-def node_allocatable(node: Obj) -> int | None:
-    """status.allocatable.memory in bytes."""
-    value = ((node.get("status") or {}).get("allocatable") or {}).get("memory")
-    try:
-        return parse_quantity(str(value)) if value is not None else None
-    except ValueError:
-        return None
+    policies: Mapping[str, PolicySpec]
+    """namespace/name → spec of every policy that is not Off."""
+    vms: Mapping[str, Mapping[str, Obj]]
+    """namespace → VM name → VM."""
+    vmis: Mapping[str, Obj]
+    """namespace/name → VMI."""
+    nodes: Sequence[NodeState] = ()
+    pods: Sequence[PodInfo] = ()
+    """Every bound, not finished pod."""
+    migrations: Mapping[str, bool] = field(default_factory=dict)
+    """namespace/VMI name → a VirtualMachineInstanceMigration of it is pending or running."""
+    limits: tuple[int, int] = (5, 2)
+    """KubeVirt's (parallelMigrationsPerCluster, parallelOutboundMigrationsPerNode)."""
+    own_cap: int = 1000
+    """The operator's own limit on resizes under way."""
+    reserve: int = 0
+    """Kept free on every node beyond pod requests."""
 
 
 @dataclass
@@ -74,45 +58,43 @@ class PolicyPass:
     balloon_off: list[str] = field(default_factory=list)
     claimed_elsewhere: dict[str, str] = field(default_factory=dict)
     """VM → the policy that governs it instead (selectors overlap: the first policy by name wins)."""
-    rooms: dict[str, int | None] = field(default_factory=dict)
-    """Guest bytes the managed VMs may hold on the nodes this policy's VMs run on."""
+    raised_floor: list[str] = field(default_factory=list)
+    """VMs that booted above the policy's startup (restarted after a grow): they cannot shrink below
+    that size until they are stopped, when the boot size is set back."""
+    group: Group | None = None
+    """The Prometheus query group its VMs' demand comes from."""
 
 
-def metrics_groups(policies: Mapping[str, PolicySpec], running: Mapping[str, Sequence[str]]) -> dict[Group, list[str]]:
+def metrics_group(key: str, spec: PolicySpec) -> tuple[SignalSpec, MetricsView]:
+    """The signal and metric settings a policy's VMs are queried with."""
+    m = spec.metrics
+    view = MetricsView(m.nameLabel, m.namespaceLabel, m.matchers, parse_duration(m.staleAfter))
+    return DynamicMemory().signal_spec(spec.params()), view
+
+
+def metrics_groups(policies: Mapping[str, PolicySpec],
+                   running: Mapping[str, Sequence[str]]) -> tuple[dict[Group, list[str]], dict[str, Group]]:
     """Prometheus query groups for all policies: one per distinct windows and metric settings, whatever the
-    number of policies or VMs. `running` maps policy key → its running VMs' keys."""
-    groups: dict[tuple[SignalSpec, MetricsView], tuple[set[str], list[str]]] = {}
+    number of policies or VMs (`running` maps policy key → its running VMs' keys); and each policy's group."""
+    found: dict[tuple[SignalSpec, MetricsView], tuple[set[str], list[str], list[str]]] = {}
     for key, spec in policies.items():
-        m = spec.metrics
-        view = MetricsView(m.nameLabel, m.namespaceLabel, m.matchers, parse_duration(m.staleAfter))
-        signal = DynamicMemory().signal_spec(spec.params())
-        namespaces, vms = groups.setdefault((signal, view), (set(), []))
+        namespaces, vms, members = found.setdefault(metrics_group(key, spec), (set(), [], []))
         namespaces.add(key.split("/", 1)[0])
         vms.extend(running.get(key, ()))
-    return {Group(sig, view, frozenset(ns)): vms for (sig, view), (ns, vms) in groups.items()}
+        members.append(key)
+    groups: dict[Group, list[str]] = {}
+    of_policy: dict[str, Group] = {}
+    for (sig, view), (ns, vms, members) in found.items():
+        group = Group(sig, view, frozenset(ns))
+        groups[group] = vms
+        of_policy.update(dict.fromkeys(members, group))
+    return groups, of_policy
 
 
 def selected(spec: PolicySpec, vms: Mapping[str, Obj]) -> list[str]:
     """Names of the policy's VMs among a namespace's VMs, sorted (stable output)."""
     return sorted(name for name, vm in vms.items()
                   if spec.selector.matches(dict((vm.get("metadata") or {}).get("labels") or {})))
-
-
-def rooms(nodes: Sequence[str], ours: Mapping[str, Entry], allocatable: Mapping[str, int],
-          pods: Mapping[str, Sequence[PodRequest]], reserve: int) -> dict[str, int | None]:
-    """Guest bytes the managed VMs may hold on each node; None for a node we know nothing of."""
-    mine = {tuple(k.split("/", 1)) for k in ours}
-    overhead: dict[str, int] = defaultdict(int)
-    for entry in ours.values():
-        overhead[entry.vm.node] += entry.vm.overhead
-    out: dict[str, int | None] = {}
-    for node in nodes:
-        if node not in allocatable:
-            out[node] = None
-            continue
-        others = sum(p.memory for p in pods.get(node, ()) if (p.namespace, p.vm) not in mine)
-        out[node] = allocatable[node] - reserve - others - overhead[node]
-    return out
 
 
 def running_vms(policies: Mapping[str, PolicySpec], vms: Mapping[str, Mapping[str, Obj]],
@@ -127,21 +109,50 @@ def running_vms(policies: Mapping[str, PolicySpec], vms: Mapping[str, Mapping[st
     return out
 
 
-def plan_all(policies: Mapping[str, PolicySpec], vms: Mapping[str, Mapping[str, Obj]], vmis: Mapping[str, Obj],
-             signals: Mapping[str, DemandSignal], allocatable: Mapping[str, int],
-             pods: Mapping[str, Sequence[PodRequest]], reserve: int, now: float) -> dict[str, PolicyPass]:
-    """One pass over every policy's VMs together, so that a node's budget weighs all the VMs on it.
+def stopped(vm: Obj) -> bool:
+    """KubeVirt reports the VM as stopped and nothing asks it to start (a VM starting or stopping is
+    neither: a boot-size patch then would change maxGuest under a starting VMI)."""
+    spec = vm.get("spec") or {}
+    return (_get(vm, "status", "printableStatus") == "Stopped" and not spec.get("running")
+            and spec.get("runStrategy") not in ("Always", "RerunOnFailure"))
 
-    `policies` maps namespace/name → spec; `vms` maps namespace → VM name → VM."""
-    passes = {key: PolicyPass() for key in policies}
+
+def migrating_vmis(snapshot: Snapshot) -> dict[str, str]:
+    """VMIs that use one of KubeVirt's parallel migrations now (a migration pending or running, or a
+    hotplug waiting for its migration), mapped to the node they leave."""
+    out = {}
+    for key, vmi in snapshot.vmis.items():
+        hotplug = _condition(vmi, "HotMemoryChange")
+        if snapshot.migrations.get(key) or (hotplug and hotplug.get("status") == "True"):
+            out[key] = str(_get(vmi, "status", "nodeName") or "")
+    return out
+
+
+@dataclass
+class Plan:
+    """One pass's outcome: each policy's part, and the cluster it was planned on."""
+
+    passes: dict[str, PolicyPass]
+    cluster: Cluster
+
+
+def plan_all(snapshot: Snapshot, signals: Mapping[str, DemandSignal], now: float,
+             groups: Mapping[str, Group] | None = None) -> Plan:
+    """One pass over every policy's VMs together: a change takes room and a migration that another
+    policy's VM might need, and weights decide across policies. `groups`: each policy's query group."""
+    passes = {key: PolicyPass(group=(groups or {}).get(key)) for key in snapshot.policies}
     owner: dict[str, str] = {}
     ours: dict[str, Entry] = {}
-    for key in sorted(policies):
-        spec, ns = policies[key], key.split("/", 1)[0]
+    launchers: dict[str, list[PodInfo]] = defaultdict(list)
+    for pod in snapshot.pods:
+        if pod.created_by:
+            launchers[pod.created_by].append(pod)
+    for key in sorted(snapshot.policies):
+        spec, ns = snapshot.policies[key], key.split("/", 1)[0]
         params = spec.params()
         result = passes[key]
-        for name in selected(spec, vms.get(ns, {})):
-            vm = vms[ns][name]
+        for name in selected(spec, snapshot.vms.get(ns, {})):
+            vm = snapshot.vms[ns][name]
             vm_key = key_of(vm)
             if vm_key in owner:
                 result.claimed_elsewhere[vm_key] = owner[vm_key]
@@ -150,17 +161,25 @@ def plan_all(policies: Mapping[str, PolicySpec], vms: Mapping[str, Mapping[str, 
             result.selected.append(vm_key)
             if balloon_disabled(vm):
                 result.balloon_off.append(vm_key)
-            vmi = vmis.get(vm_key)
-            state = vm_state(vm, vmi, now) if vmi is not None else None
-            if state is None:
-                result.stopped.append(vm_key)
+            vmi = snapshot.vmis.get(vm_key)
+            if vmi is None:
+                if stopped(vm):
+                    result.stopped.append(vm_key)
                 continue
+            launcher = launcher_pod(launchers.get(str(_get(vmi, "metadata", "uid"))) or (), vmi)
+            state = vm_state(vm, vmi, now, pod_request=launcher.memory if launcher else None,
+                             placement=launcher.placement if launcher else None,
+                             migrating=bool(snapshot.migrations.get(vm_key)))
+            if state is None:
+                continue
+            if state.guest_at_boot > params.startup:
+                result.raised_floor.append(vm_key)
             ours[vm_key] = Entry(state, signals.get(vm_key, DemandSignal(None, None, False)), params)
+    world = cluster(snapshot.nodes, snapshot.pods, migrating_vmis(snapshot), snapshot.limits, snapshot.own_cap,
+                    snapshot.reserve)
     entries = list(ours.values())
-    node_rooms = rooms(sorted({e.vm.node for e in entries}), ours, allocatable, pods, reserve)
-    for entry, decision in zip(entries, DynamicMemory().plan(entries, node_rooms, now), strict=True):
+    for entry, decision in zip(entries, DynamicMemory().plan(entries, world, now), strict=True):
         result = passes[owner[entry.vm.key]]
         result.entries.append(entry)
         result.decisions.append(decision)
-        result.rooms[entry.vm.node] = node_rooms.get(entry.vm.node)
-    return passes
+    return Plan(passes, world)

@@ -13,6 +13,7 @@ READY = "Ready"
 METRICS_AVAILABLE = "MetricsAvailable"
 CAPACITY_LIMITED = "CapacityLimited"
 BALLOON_ATTACHED = "BalloonAttached"
+HOTPLUGGABLE = "Hotpluggable"
 PRESSURED_LIMIT = 10
 
 

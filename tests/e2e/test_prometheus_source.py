@@ -47,25 +47,25 @@ def test_demand_peak_and_history(prometheus: Prometheus, guest_metrics: GuestMet
     prometheus.wait_for('kubevirt_vmi_memory_available_bytes{namespace="team-peak"}')
     src, g = source(prometheus), group("team-peak")
     keys = {"team-peak/a", "team-peak/b", "team-peak/missing"}
-    first = src.signals({g: keys}, time.time())
+    first = src.signals({g: keys}, time.time())[0]
     assert first["team-peak/a"].latest == 2 * GIB and first["team-peak/b"].latest == 3 * GIB
     assert first["team-peak/missing"].latest is None  # never seen: unknown, not zero
     guest_metrics.set("team-peak", "a", available=8 * GIB, demand=5 * GIB)
-    wait_until(lambda: src.signals({g: keys}, time.time())["team-peak/a"].latest == 5 * GIB)
+    wait_until(lambda: src.signals({g: keys}, time.time())[0]["team-peak/a"].latest == 5 * GIB)
     guest_metrics.set("team-peak", "a", available=8 * GIB, demand=GIB)
-    wait_until(lambda: src.signals({g: keys}, time.time())["team-peak/a"].latest == GIB)
-    after = src.signals({g: keys}, time.time())["team-peak/a"]
+    wait_until(lambda: src.signals({g: keys}, time.time())[0]["team-peak/a"].latest == GIB)
+    after = src.signals({g: keys}, time.time())[0]["team-peak/a"]
     assert after.peak == 5 * GIB  # the spike is still in the window
-    wait_until(lambda: src.signals({g: keys}, time.time())["team-peak/a"].enough_history)
+    wait_until(lambda: src.signals({g: keys}, time.time())[0]["team-peak/a"].enough_history)
 
 
 def test_stale_metrics_make_demand_unknown(prometheus: Prometheus, guest_metrics: GuestMetrics) -> None:
     guest_metrics.set("stale", "gone", available=8 * GIB, demand=2 * GIB)
     prometheus.wait_for('kubevirt_vmi_memory_available_bytes{namespace="stale"}')
     src, g = source(prometheus), group("stale", stale_s=3)
-    assert src.signals({g: {"stale/gone"}}, time.time())["stale/gone"].latest == 2 * GIB
+    assert src.signals({g: {"stale/gone"}}, time.time())[0]["stale/gone"].latest == 2 * GIB
     guest_metrics.remove("stale", "gone")
-    wait_until(lambda: src.signals({g: {"stale/gone"}}, time.time())["stale/gone"].latest is None)
+    wait_until(lambda: src.signals({g: {"stale/gone"}}, time.time())[0]["stale/gone"].latest is None)
 
 
 def test_pressure_needs_low_headroom_and_faults(prometheus: Prometheus, guest_metrics: GuestMetrics) -> None:
@@ -74,8 +74,8 @@ def test_pressure_needs_low_headroom_and_faults(prometheus: Prometheus, guest_me
     prometheus.wait_for('kubevirt_vmi_memory_available_bytes{namespace="press"}')
     src, g = source(prometheus), group("press")
     keys = {"press/faulting", "press/cache-misses"}
-    wait_until(lambda: src.signals({g: keys}, time.time())["press/faulting"].pressure)
-    assert not src.signals({g: keys}, time.time())["press/cache-misses"].pressure
+    wait_until(lambda: src.signals({g: keys}, time.time())[0]["press/faulting"].pressure)
+    assert not src.signals({g: keys}, time.time())[0]["press/cache-misses"].pressure
 
 
 @pytest.mark.parametrize("vms", [10, 300])
@@ -86,15 +86,15 @@ def test_query_count_does_not_grow_with_vms(prometheus: Prometheus, guest_metric
     prometheus.wait_for(f'count(kubevirt_vmi_memory_available_bytes{{namespace="{ns}"}}) == {vms}')
     src, g = source(prometheus), group(ns)
     keys = {f"{ns}/vm-{i}" for i in range(vms)}
-    src.signals({g: keys}, time.time())  # the first pass also reads each VM's window, in pieces
+    src.signals({g: keys}, time.time())[0]  # the first pass also reads each VM's window, in pieces
     assert src.queries_sent == len(pass_queries(g)) + len(seed_queries(g, resolution_s=1))
     sent = src.queries_sent
-    signals = src.signals({g: keys}, time.time())
+    signals = src.signals({g: keys}, time.time())[0]
     assert src.queries_sent - sent == len(pass_queries(g)) == 3
     assert sum(s.latest is not None for s in signals.values()) == vms
     stateless = PrometheusSource(PrometheusSettings(prometheus.url, resolution_s=1), keep_windows=False)
     time.sleep(2)  # a second scrape: a subquery's aligned steps may not reach the newest sample yet
-    asked, kept = stateless.signals({g: keys}, time.time()), src.signals({g: keys}, time.time())
+    asked, kept = stateless.signals({g: keys}, time.time())[0], src.signals({g: keys}, time.time())[0]
 
     def seen(signal: DemandSignal) -> tuple[int | None, int | None, bool, bool]:
         peak = max(signal.peak or 0, signal.latest or 0) if signal.latest is not None else signal.peak

@@ -26,6 +26,8 @@ LOGIN = Path(__file__).resolve().parent / "login.py"
 DMP = "dynamicmemory.io/v1alpha1/dynamicmemorypolicies"
 VMS = "kubevirt.io/v1/virtualmachines"
 VMIS = "kubevirt.io/v1/virtualmachineinstances"
+MIGRATIONS = "kubevirt.io/v1/virtualmachineinstancemigrations"
+KUBEVIRTS = "kubevirt.io/v1/kubevirts"
 
 
 @pytest.fixture
@@ -36,6 +38,8 @@ def cluster(kmock: kmock.KubernetesEmulator, tmp_path: Path,
     kmock.resources[DMP] = kmock_resource("DynamicMemoryPolicy", namespaced=True)
     kmock.resources[VMS] = kmock_resource("VirtualMachine", namespaced=True)
     kmock.resources[VMIS] = kmock_resource("VirtualMachineInstance", namespaced=True)
+    kmock.resources[MIGRATIONS] = kmock_resource("VirtualMachineInstanceMigration", namespaced=True)
+    kmock.resources[KUBEVIRTS] = kmock_resource("KubeVirt", namespaced=True)
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(f"""
 kind: Config
@@ -47,9 +51,10 @@ contexts: [{{name: self, context: {{cluster: self}}}}]
     monkeypatch.setenv("DM_TEST_API_URL", str(kmock.url))
     monkeypatch.setenv("DM_METRICS_PORT", "0")
     monkeypatch.setenv("DM_TICK_SECONDS", "1")
-    kmock.objects["v1/nodes", None, "node-1"] = {
-        "metadata": {"name": "node-1", "uid": "n1", "resourceVersion": "1"},
-        "status": {"allocatable": {"memory": "64Gi"}}}
+    for node in ("node-1", "node-2"):  # every resize migrates the VM to another node
+        kmock.objects["v1/nodes", None, node] = {
+            "metadata": {"name": node, "uid": node, "resourceVersion": "1"},
+            "status": {"allocatable": {"memory": "64Gi"}}}
     return kmock
 
 

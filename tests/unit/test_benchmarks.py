@@ -25,11 +25,13 @@ def test_table_marks_missed_targets_and_missing_runs() -> None:
     assert "| no |" in rows["`reaction_p95_s`"] and "not run" in rows["`prom_speedup_1k`"]
 
 
-def test_the_engine_fleet_plans_and_stays_within_room() -> None:
-    entries, rooms = fleet(400, 20)
-    decisions = plan(entries, rooms, NOW)
+def test_the_engine_fleet_plans_within_the_room_of_the_nodes_it_lands_on() -> None:
+    entries, cluster = fleet(400, 20)
+    decisions = plan(entries, cluster, NOW)
     assert len(decisions) == 400 and any(d.changes for d in decisions)
-    for node, room in rooms.items():
-        assert room is not None
-        mine = [d for d in decisions if d.node == node]
-        assert sum(max(d.current, d.target) for d in mine) <= max(room, sum(d.current for d in mine))
+    overhead = {e.vm.key: e.vm.overhead for e in entries}
+    for name, node in cluster.nodes.items():
+        landing = [d for d in decisions if d.changes and d.landing == name]
+        assert sum(d.target + overhead[d.key] for d in landing) <= node.free
+        assert all(d.node != name for d in landing)
+    assert sum(d.changes for d in decisions) <= cluster.migrations_left

@@ -16,8 +16,8 @@ from dynamic_memory.actuators.kubevirt import (
     recommend_patch,
     resize_patch,
 )
-from dynamic_memory.model import Action, Decision, PolicyParams, Why
-from dynamic_memory.quantity import GIB
+from dynamic_memory.model import Action, Blocker, Decision, DemandSignal, PolicyParams, Why
+from dynamic_memory.quantity import GIB, MIB
 from dynamic_memory.sources.kubevirt import LAST_GROW, RESIZES, balloon_disabled, vm_state
 
 NOW = 1_800_000_000.0
@@ -35,7 +35,9 @@ def vmi(current: str = "4Gi", boot: str = "2Gi", requested: str | None = None, c
     memory = {"guestAtBoot": boot, "guestCurrent": current, "memoryOverhead": "300Mi"}
     if requested:
         memory["guestRequested"] = requested
-    status: dict[str, Any] = {"phase": phase, "nodeName": "node-1", "memory": memory, "conditions": conditions or []}
+    migratable = [{"type": "LiveMigratable", "status": "True"}]
+    status: dict[str, Any] = {"phase": phase, "nodeName": "node-1", "memory": memory,
+                              "conditions": migratable if conditions is None else conditions}
     if migration:
         status["migrationState"] = migration
     return {"metadata": {"name": "db", "namespace": "prod"},
@@ -48,29 +50,86 @@ def test_running_vm_reads_kubevirt_memory_status() -> None:
     assert state is not None
     assert (state.key, state.node, state.assigned, state.guest_at_boot, state.max_guest) == \
         ("prod/db", "node-1", 4 * GIB, 2 * GIB, 16 * GIB)
-    assert state.overhead == 300 * 1024**2 + (16 - 4) * GIB // 512  # at maxGuest: page tables grow with it
+    assert state.overhead == 300 * MIB  # status.memoryOverhead, when the alpha gate fills it and no pod is known
     assert (state.grows_last_hour, state.shrinks_last_hour) == (1, 0)
     assert state.last_grow == datetime(2027, 1, 15, 8, 0, tzinfo=UTC).timestamp()
     assert state.blocked is None
 
 
-@pytest.mark.parametrize(("vm_kw", "vmi_kw", "words"), [
+MIGRATABLE = {"type": "LiveMigratable", "status": "True"}
+
+
+@pytest.mark.parametrize(("vm_kw", "vmi_kw", "blocker", "detail"), [
     ({"conditions": [{"type": "RestartRequired", "status": "True", "message": "lower than boot"}]}, {},
-     "RestartRequired: lower than boot"),
+     Blocker.RESTART_REQUIRED, "lower than boot"),
     ({}, {"conditions": [{"type": "LiveMigratable", "status": "False", "message": "has a local disk"}]},
-     "not live-migratable: has a local disk"),
-    ({}, {"conditions": [{"type": "HotMemoryChange", "status": "True"}]}, "memory hotplug in progress"),
-    ({}, {"migration": {"startTimestamp": "2027-01-15T08:00:00Z"}}, "live migration in progress"),
-    ({}, {"requested": "6Gi"}, "guestRequested"),
-    ({"guest": "6Gi"}, {}, "the VM's spec guest"),
+     Blocker.NOT_MIGRATABLE, "has a local disk"),
+    ({}, {"conditions": []}, Blocker.NOT_MIGRATABLE, "no LiveMigratable"),  # KubeVirt needs it True
+    ({}, {"conditions": [MIGRATABLE, {"type": "HotMemoryChange", "status": "True"}]},
+     Blocker.HOTPLUG_IN_PROGRESS, ""),
+    ({}, {"migration": {"startTimestamp": "2027-01-15T08:00:00Z"}}, Blocker.MIGRATING, ""),
+    ({}, {"requested": "6Gi"}, Blocker.CHANGE_PENDING, "guestRequested 6Gi"),
+    ({"guest": "6Gi"}, {}, Blocker.CHANGE_PENDING, "spec guest 6Gi"),
 ])
-def test_busy_vms_are_blocked_with_a_reason(vm_kw: dict[str, Any], vmi_kw: dict[str, Any], words: str) -> None:
+def test_busy_vms_are_blocked_with_a_reason(vm_kw: dict[str, Any], vmi_kw: dict[str, Any], blocker: Blocker,
+                                            detail: str) -> None:
     state = vm_state(vm(**vm_kw), vmi(**vmi_kw), NOW)
-    assert state is not None and state.blocked is not None and words in state.blocked
+    assert state is not None and state.blocked is blocker and detail in state.blocked_detail
+    assert not blocker.lasting
+
+
+def test_a_pending_migration_object_blocks() -> None:
+    state = vm_state(vm(), vmi(), NOW, migrating=True)
+    assert state is not None and state.blocked is Blocker.MIGRATING
+
+
+@pytest.mark.parametrize(("vm_kw", "vmi_domain", "blocker"), [
+    ({"resources": {"requests": {"memory": "4Gi"}}}, {}, Blocker.MEMORY_REQUESTS),
+    ({"resources": {"limits": {"memory": "8Gi"}}}, {}, Blocker.MEMORY_REQUESTS),
+    ({}, {"cpu": {"realtime": {}}}, Blocker.UNSUPPORTED),
+    ({}, {"cpu": {"numa": {"guestMappingPassthrough": {}}}}, Blocker.UNSUPPORTED),
+    ({}, {"launchSecurity": {"sev": {}}}, Blocker.UNSUPPORTED),
+    ({}, {"memory": {"guest": "4Gi"}}, Blocker.NO_MAX_GUEST),
+])
+def test_vms_kubevirt_cannot_hotplug_are_never_resizable(vm_kw: dict[str, Any], vmi_domain: dict[str, Any],
+                                                          blocker: Blocker) -> None:
+    instance = vmi()
+    instance["spec"]["domain"].update(vmi_domain)
+    state = vm_state(vm(**vm_kw), instance, NOW)
+    assert state is not None and state.blocked is blocker and blocker.lasting
+
+
+def test_instancetype_and_other_architectures_are_not_hotpluggable() -> None:
+    typed = vm()
+    typed["spec"]["instancetype"] = {"name": "u1.medium"}
+    arm = vmi()
+    arm["spec"]["architecture"] = "arm64"
+    assert vm_state(typed, vmi(), NOW).blocked is Blocker.INSTANCETYPE  # type: ignore[union-attr]
+    assert vm_state(vm(), arm, NOW).blocked is Blocker.UNSUPPORTED  # type: ignore[union-attr]
+
+
+def test_a_partial_unplug_does_not_block_and_is_reported() -> None:
+    state = vm_state(vm(guest="4Gi"), vmi(current="6Gi", requested="4Gi"), NOW)
+    assert state is not None and state.blocked is None
+    assert state.assigned == 4 * GIB and state.unplug_gap == 2 * GIB
+
+
+def test_overhead_is_the_launcher_pod_request_minus_the_guest() -> None:
+    state = vm_state(vm(), vmi(), NOW, pod_request=4 * GIB + 268 * MIB)
+    assert state is not None and state.overhead == 268 * MIB
+
+
+def test_1gi_hugepages_align_to_1gi() -> None:
+    instance = vmi()
+    instance["spec"]["domain"]["memory"]["hugepages"] = {"pageSize": "1Gi"}
+    state = vm_state(vm(), instance, NOW)
+    assert state is not None and state.alignment == GIB
 
 
 def test_a_settling_vm_counts_at_the_larger_size() -> None:
-    state = vm_state(vm(guest="6Gi"), vmi(current="4Gi", requested="6Gi"), NOW)
+    hotplugging = vmi(current="4Gi", requested="6Gi",
+                      conditions=[MIGRATABLE, {"type": "HotMemoryChange", "status": "True"}])
+    state = vm_state(vm(guest="6Gi"), hotplugging, NOW)
     assert state is not None and state.assigned == 6 * GIB
 
 
@@ -132,11 +191,9 @@ def test_boot_patch_sizes_a_stopped_vm_for_the_policy() -> None:
 def test_held_patch_shows_a_hold_once_and_clears_it_once() -> None:
     from dynamic_memory.actuators.kubevirt import HELD, held_patch
 
-    held = Decision("prod/db", "node-1", 4 * GIB, 4 * GIB, Action.HOLD, Why("Blocked", "migration failed"),
-                    limited="blocked")
-    patch = held_patch(vm(), held)
+    patch = held_patch(vm(), "migration failed")
     assert patch == {"metadata": {"annotations": {HELD: "migration failed"}}}
-    assert held_patch(vm(annotations={HELD: "migration failed"}), held) is None
+    assert held_patch(vm(annotations={HELD: "migration failed"}), "migration failed") is None
     assert held_patch(vm(annotations={HELD: "migration failed"}), None) == {"metadata": {"annotations": {HELD: None}}}
     assert held_patch(vm(), None) is None
 
@@ -154,18 +211,16 @@ def test_mode_cap_limits_what_any_policy_does() -> None:
 
 
 def test_our_own_resize_under_way_is_not_written_again_but_other_holds_are() -> None:
-    from dynamic_memory.actuators.kubevirt import HELD, held_patch
+    from dynamic_memory.actuators.intents import held_words
+    from dynamic_memory.policy.target import decide
 
-    def blocked(why: str) -> Decision:
-        return Decision("prod/db", "node-1", 4 * GIB, 4 * GIB, Action.HOLD,
-                        Why("Blocked", "not resizable now: {why}", {"why": why}), limited="blocked")
-
-    ours = vm(guest="6Gi", annotations={TARGET: "6Gi"})
-    assert held_patch(ours, blocked("memory hotplug in progress (HotMemoryChange)")) is None
-    assert held_patch(ours, blocked("memory change under way (the VM's spec guest 6Gi != guestCurrent 4Gi)")) is None
-    users = vm(guest="8Gi", annotations={TARGET: "6Gi"})  # someone else changed the spec since
-    assert held_patch(users, blocked("memory change under way (the VM's spec guest 8Gi != guestCurrent 4Gi)")) \
-        == {"metadata": {"annotations": {HELD: "not resizable now: memory change under way (the VM's spec guest "
-                                               "8Gi != guestCurrent 4Gi)"}}}
-    failed = blocked("memory hotplug waiting: its live migration failed and KubeVirt retries it")
-    assert held_patch(ours, failed) is not None
+    hotplug = [MIGRATABLE, {"type": "HotMemoryChange", "status": "True"}]
+    params = PolicyParams(startup=2 * GIB, minimum=GIB, maximum=16 * GIB)
+    ours = vm_state(vm(guest="6Gi", annotations={TARGET: "6Gi"}), vmi(requested="6Gi", conditions=hotplug), NOW)
+    users = vm_state(vm(guest="8Gi", annotations={TARGET: "6Gi"}), vmi(requested="8Gi", conditions=hotplug), NOW)
+    assert ours is not None and users is not None
+    assert ours.own_change and not users.own_change  # someone else changed the spec since
+    signal = DemandSignal(3 * GIB, 3 * GIB)
+    assert held_words(ours, decide(ours, signal, params, NOW)) is None
+    words = held_words(users, decide(users, signal, params, NOW))
+    assert words is not None and "memory hotplug in progress" in words

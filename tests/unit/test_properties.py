@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dynamic_memory.model import Action, DemandSignal, PolicyParams, ScaleRules, VMState
+from dynamic_memory.model import (
+    Action,
+    Blocker,
+    Cluster,
+    DemandSignal,
+    NodeState,
+    Placement,
+    PolicyParams,
+    ScaleRules,
+    VMState,
+)
 from dynamic_memory.policy.engine import Entry, plan
 from dynamic_memory.policy.target import decide, live_bounds
 from dynamic_memory.quantity import GIB, MIB
@@ -33,7 +45,7 @@ def vm_states(draw: st.DrawFn, node: str = "n", key: str = "vm") -> VMState:
     boot, assigned, max_guest = sorted(draw(st.lists(blocks, min_size=3, max_size=3)))
     return VMState(key, node, assigned, boot, max_guest, draw(st.integers(0, GIB)),
                    draw(st.none() | st.floats(0, 10**6)), draw(st.integers(0, 10)), draw(st.integers(0, 10)),
-                   draw(st.none() | st.just("migrating")))
+                   draw(st.none() | st.sampled_from(Blocker)))
 
 
 signals = st.builds(DemandSignal, maybe_bytes, maybe_bytes, st.booleans(), st.booleans())
@@ -66,24 +78,53 @@ def test_decisions_are_deterministic(vm: VMState, signal: DemandSignal, p: Polic
     assert decide(vm, signal, p, now) == decide(vm, signal, p, now)
 
 
+HOSTNAME = "kubernetes.io/hostname"
+
+
 @st.composite
-def nodes(draw: st.DrawFn) -> tuple[list[Entry], int]:
-    count = draw(st.integers(1, 6))
-    entries = [Entry(draw(vm_states(key=f"vm-{i}")), draw(signals), draw(params())) for i in range(count)]
-    held = sum(e.vm.assigned for e in entries)
-    room = draw(st.integers(held, held + 64 * GIB))  # the node holds what runs on it now
-    return entries, room
+def clusters(draw: st.DrawFn) -> tuple[list[Entry], Cluster]:
+    names = [f"node-{i}" for i in range(draw(st.integers(1, 5)))]
+    count = draw(st.integers(1, 8))
+    entries = []
+    for i in range(count):
+        node = draw(st.sampled_from(names))
+        vm = draw(vm_states(node=node, key=f"vm-{i}"))
+        pinned = draw(st.booleans()) and draw(st.booleans())
+        placement = Placement(((HOSTNAME, node),)) if pinned else None
+        entries.append(Entry(replace(vm, placement=placement), draw(signals), draw(params())))
+    nodes = {n: NodeState(n, 128 * GIB, draw(st.integers(-GIB, 96 * GIB)), {HOSTNAME: n},
+                          outbound=draw(st.integers(0, 3))) for n in names}
+    return entries, Cluster(nodes, draw(st.integers(0, 6)), draw(st.integers(1, 3)))
 
 
-@given(nodes(), st.floats(0, 2 * 10**6))
+@given(clusters(), st.floats(0, 2 * 10**6))
 @settings(max_examples=300)
-def test_never_past_the_room_now_or_after(node: tuple[list[Entry], int], now: float) -> None:
-    entries, room = node
-    decisions = plan(entries, {"n": room}, now)
-    assert sum(max(d.current, d.target) for d in decisions) <= room
-    for e, d in zip(entries, decisions, strict=True):
-        floor, _ = live_bounds(e.vm, e.params)
-        if e.vm.blocked:
-            assert d.target == e.vm.assigned
-        elif d.changes and floor <= e.vm.assigned:
-            assert d.target >= min(floor, e.vm.assigned)
+def test_the_plan_never_overfills_a_node_and_moves_every_change_elsewhere(world: tuple[list[Entry], Cluster],
+                                                                          now: float) -> None:
+    entries, cluster = world
+    decisions = plan(entries, cluster, now)
+    by_key = {e.vm.key: e for e in entries}
+    changes = [d for d in decisions if d.changes]
+    for name, node in cluster.nodes.items():
+        # the target pods of this pass's changes fit in what the node has free now (the source
+        # pods keep their requests until their migrations end, so they are not counted as freed)
+        assert sum(d.target + by_key[d.key].vm.overhead for d in changes if d.landing == name) <= max(node.free, 0)
+        leaving = [d for d in changes if d.node == name]
+        assert node.outbound + len(leaving) <= max(cluster.outbound_per_node, node.outbound)
+    assert len(changes) <= cluster.migrations_left
+    for d in changes:
+        e = by_key[d.key]
+        assert d.landing is not None and d.landing != e.vm.node
+        assert e.vm.placement is None  # a pinned VM has no landing place and is never changed
+        assert e.vm.blocked is None
+
+
+@given(clusters(), st.floats(0, 2 * 10**6), st.integers(0, 10000))
+@settings(max_examples=300)
+def test_heavier_weights_are_planned_first(world: tuple[list[Entry], Cluster], now: float, cut: int) -> None:
+    """What the VMs of weight ≥ cut get does not depend on the lighter VMs at all."""
+    entries, cluster = world
+    heavy = [e for e in entries if e.params.weight >= cut]
+    together = {d.key: d for d in plan(entries, cluster, now)}
+    alone = {d.key: d for d in plan(heavy, cluster, now)}
+    assert all(together[k] == alone[k] for k in alone)

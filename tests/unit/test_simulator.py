@@ -26,17 +26,42 @@ def test_no_policy_breaks_kubevirt_rules_or_node_room(name: str) -> None:
             assert row["node_over_capacity_steps"] == 0, row
 
 
-def test_heavier_weights_are_served_first_on_a_short_node() -> None:
+def test_heavier_weights_are_served_first_across_a_short_pool() -> None:
     sc = small_node()
-    tl = simulate(DynamicMemory(), sc.nodes, sc.vms, duration_s=sc.duration_s, step_s=sc.step_s).timeline
+    result = simulate(DynamicMemory(), sc.nodes, sc.vms, duration_s=sc.duration_s, step_s=sc.step_s)
+    tl = result.timeline
 
-    def lacking(vm: str) -> float:
-        """GiB-hours of demand not covered (steps of a minute)."""
-        return sum(max(0, d - a) for d, a in zip(tl.demand[vm], tl.assigned[vm], strict=True)) / GIB / 60
+    def lacking(weight: str) -> float:
+        """GiB-hours of demand not covered (steps of a minute), over the VMs of one weight."""
+        return sum(max(0, d - a) for vm in (f"vm-{weight}-1", f"vm-{weight}-2")
+                   for d, a in zip(tl.demand[vm], tl.assigned[vm], strict=True)) / GIB / 60
 
-    # gold and silver lack only the first jump of each burst (2 → 9 GiB within one step);
-    # the light VM carries the node's shortage
-    assert lacking("vm-bronze") > 20 * max(lacking("vm-gold"), lacking("vm-silver"))
+    # gold lacks only the first jump of each burst (2 → 9 GiB within one step); the pool's
+    # shortage falls on the lighter VMs
+    assert lacking("bronze") > 20 * lacking("gold")
+    assert lacking("bronze") >= lacking("silver") > lacking("gold")
+    assert all(u <= c for node in tl.node_used for u, c in zip(tl.node_used[node], tl.node_capacity[node],
+                                                               strict=True))
+
+
+def test_every_resize_moves_the_vm_to_another_node() -> None:
+    sc = burst()
+    result = simulate(DynamicMemory(), sc.nodes, sc.vms, duration_s=sc.duration_s, step_s=sc.step_s)
+    moves = [r for r in result.reasons if " on " in r]
+    assert moves and len(moves) == result.resizes
+    for line in moves:
+        source, target = line.split(" on ", 1)[1].split(":", 1)[0].split(" → ")
+        assert source != target
+    assert result.migrated_bytes >= result.resizes * GIB
+
+
+def test_a_pinned_vm_is_never_resized() -> None:
+    from dataclasses import replace
+
+    sc = burst()
+    vms = [replace(vm, pinned=True) for vm in sc.vms]
+    result = simulate(DynamicMemory(), sc.nodes, vms, duration_s=sc.duration_s, step_s=sc.step_s)
+    assert result.resizes == 0 and result.failed_migrations == 0
 
 
 def test_burst_is_followed_up_and_back_down() -> None:

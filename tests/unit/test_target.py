@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from dynamic_memory.model import Action, DemandSignal, PolicyParams, VMState
+from dynamic_memory.model import Action, Blocker, DemandSignal, PolicyParams, VMState
 from dynamic_memory.policy.target import decide, demand_with_pressure, fit, live_bounds, with_buffer
 from dynamic_memory.quantity import GIB, MIB, align_up
 
@@ -35,7 +35,7 @@ class Row:
     last_grow_h_ago: float | None = None
     grows: int = 0
     shrinks: int = 0
-    blocked: str | None = None
+    blocked: Blocker | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -60,7 +60,7 @@ ROWS = [
     Row("shrink smaller than the step holds", 5, 3.2, 3.2, Action.HOLD, code="Steady"),
     Row("unknown demand never shrinks", 12, None, None, Action.HOLD, code="DemandUnknown"),
     Row("unknown latest with a stale peak never shrinks", 12, None, 1, Action.HOLD, code="DemandUnknown"),
-    Row("mid-migration VM is left alone", 4, 9, 9, Action.HOLD, code="Blocked", blocked="migration in progress"),
+    Row("mid-migration VM is left alone", 4, 9, 9, Action.HOLD, code="Migrating", blocked=Blocker.MIGRATING),
     Row("pressure raises demand to what it has", 4, 2, 2, Action.GROW, sized(4, bump=True), "DemandRose",
         pressure=True),
     Row("never below the boot size", 6, 1, 1, Action.HOLD, code="Steady", boot=6),

@@ -17,14 +17,14 @@ from dynamic_memory.quantity import format_bytes, to_quantity
 from dynamic_memory.sources.kubevirt import (
     ANNOTATION_PREFIX,
     LAST_GROW,
-    OWN_CHANGE_UNDER_WAY,
+    OUR_TARGET,
     RESIZES,
     _get,
     format_time,
-    recent_resizes,
+    resize_log,
 )
 
-TARGET = ANNOTATION_PREFIX + "target"
+TARGET = OUR_TARGET
 REASON = ANNOTATION_PREFIX + "reason"
 DECIDED_AT = ANNOTATION_PREFIX + "decided-at"
 DEMAND = ANNOTATION_PREFIX + "demand"
@@ -39,14 +39,7 @@ REASON_LIMIT = 1024
 
 
 def _history(annotations: Mapping[str, str], now: float, action: Action) -> str:
-    kept = []
-    for item in (annotations.get(RESIZES) or "").split(","):
-        stamp, _, kind = item.partition(":")
-        try:
-            if now - 3600 < float(stamp) <= now:
-                kept.append(f"{stamp}:{kind}")
-        except ValueError:
-            continue
+    kept = [f"{stamp}:{kind.value}" for stamp, kind in resize_log(annotations, now)]
     kept.append(f"{int(now)}:{action.value}")
     return ",".join(kept)
 
@@ -89,20 +82,11 @@ def recommend_patch(vm: Mapping[str, Any], decision: Decision, now: float) -> di
     return {"metadata": {"annotations": notes}}
 
 
-def _own_change_under_way(vm: Mapping[str, Any], decision: Decision) -> bool:
-    """KubeVirt is busy with the very change we asked for: the `target` and `reason` annotations say
-    so already, and a second write per resize would double the API cost of every resize."""
-    why = str(decision.why.values.get("why", ""))
-    spec_guest = _get(vm, "spec", "template", "spec", "domain", "memory", "guest")
-    ours = (_get(vm, "metadata", "annotations") or {}).get(TARGET)
-    return why.startswith(OWN_CHANGE_UNDER_WAY) and ours is not None and ours == spec_guest
-
-
-def held_patch(vm: Mapping[str, Any], decision: Decision | None) -> dict[str, Any] | None:
-    """Merge patch that shows why a VM KubeVirt is busy with is held (decision given), or clears that
-    once it is not (None); None when the VM already says so. Writes only on change: no churn."""
+def held_patch(vm: Mapping[str, Any], held: str | None) -> dict[str, Any] | None:
+    """Merge patch that shows why a VM is held (words given), or clears that once it is not (None);
+    None when the VM already says so. Writes only on change: no churn."""
     annotations = _get(vm, "metadata", "annotations") or {}
-    held = None if decision is None or _own_change_under_way(vm, decision) else decision.reason[:REASON_LIMIT]
+    held = None if held is None else held[:REASON_LIMIT]
     if annotations.get(HELD) == held:
         return None
     return {"metadata": {"annotations": {HELD: held}}}
@@ -119,9 +103,3 @@ def boot_patch(vm: Mapping[str, Any], params: PolicyParams) -> dict[str, Any] | 
         "metadata": {"resourceVersion": _get(vm, "metadata", "resourceVersion"), "annotations": _original(vm)},
         "spec": {"template": {"spec": {"domain": {"memory": want}}}},
     }
-
-
-def resizes_left(vm: Mapping[str, Any], params: PolicyParams, now: float) -> tuple[int, int]:
-    """(grows, shrinks) still allowed this hour, from the VM's own annotations."""
-    grows, shrinks = recent_resizes(_get(vm, "metadata", "annotations") or {}, now)
-    return params.scale_up.max_per_hour - grows, params.scale_down.max_per_hour - shrinks

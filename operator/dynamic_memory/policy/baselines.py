@@ -9,11 +9,35 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
-from dynamic_memory.model import Action, Decision, PolicyParams, Why
-from dynamic_memory.policy.budget import water_fill
-from dynamic_memory.policy.engine import Entry, SignalSpec, budget
+from dynamic_memory.model import Action, Cluster, Decision, Limit, PolicyParams, Why
+from dynamic_memory.policy.engine import Entry, SignalSpec
+from dynamic_memory.policy.landing import land
 from dynamic_memory.policy.target import fit, live_bounds
 from dynamic_memory.quantity import MIB
+
+
+def water_fill(caps: Mapping[str, int], weights: Mapping[str, int], budget: int) -> dict[str, int]:
+    """Share `budget` in proportion to weight, nobody beyond its cap; weight-0 items get leftovers only."""
+    given = dict.fromkeys(caps, 0)
+    for pool in ([k for k in caps if weights[k] > 0], [k for k in caps if weights[k] <= 0]):
+        open_ = [k for k in pool if caps[k] > 0]
+        while budget > 0 and open_:
+            total = sum(max(weights[k], 0) for k in open_) or len(open_)
+            spent = 0
+            for k in open_:
+                share = budget * (weights[k] if weights[k] > 0 else 1) // total
+                take = min(share, caps[k] - given[k])
+                given[k] += take
+                spent += take
+            if spent == 0:  # shares rounded to 0: give the crumbs to the heaviest one
+                k = max(open_, key=lambda k: weights[k])
+                take = min(budget, caps[k] - given[k])
+                given[k] += take
+                spent = take
+            budget -= spent
+            open_ = [k for k in open_ if given[k] < caps[k]]
+    return given
+
 
 
 def _set(entry: Entry, target: int, reason: str, demand: int | None = None) -> Decision:
@@ -34,13 +58,13 @@ class Static:
         """Reads nothing."""
         return SignalSpec()
 
-    def plan(self, entries: Sequence[Entry], rooms: Mapping[str, int | None], now: float) -> list[Decision]:
+    def plan(self, entries: Sequence[Entry], cluster: Cluster | None, now: float) -> list[Decision]:
         """Every VM at its provisioned size."""
         out = []
         for e in entries:
             ceiling = live_bounds(e.vm, e.params)[1]
             d = _set(e, ceiling, "static allocation")
-            out.append(d._replace(limited="bounds") if d.changes else d)
+            out.append(d._replace(limited=Limit.BOUNDS) if d.changes else d)
         return out
 
 
@@ -55,7 +79,7 @@ class HyperV:
         """Newest demand only."""
         return SignalSpec()
 
-    def plan(self, entries: Sequence[Entry], rooms: Mapping[str, int | None], now: float) -> list[Decision]:
+    def plan(self, entries: Sequence[Entry], cluster: Cluster | None, now: float) -> list[Decision]:
         """Demand × (1 + buffer), every time."""
         out = []
         for e in entries:
@@ -66,7 +90,7 @@ class HyperV:
                 continue
             target = fit(demand + demand * e.params.buffer_percent // 100, floor, ceiling, e.params.alignment)
             out.append(_set(e, target, "demand + buffer", demand))
-        return budget(entries, out, rooms)
+        return land(entries, out, cluster)
 
 
 class Proxmox:
@@ -89,16 +113,17 @@ class Proxmox:
         """Reads no guest demand: it steers by host use."""
         return SignalSpec()
 
-    def plan(self, entries: Sequence[Entry], rooms: Mapping[str, int | None], now: float) -> list[Decision]:
+    def plan(self, entries: Sequence[Entry], cluster: Cluster | None, now: float) -> list[Decision]:
         """One auto-balloon round per node."""
         by_node: dict[str, list[Entry]] = defaultdict(list)
         for e in entries:
             by_node[e.vm.node].append(e)
         targets: dict[str, int] = {}
         for node, group in by_node.items():
-            host = rooms.get(node)
-            if host is None:
-                host = sum(live_bounds(e.vm, e.params)[1] for e in group)
+            known = cluster.nodes.get(node) if cluster is not None else None
+            # the host's memory for VMs: what is free plus what its VMs' pods hold now
+            host = (known.free + sum(e.vm.assigned + e.vm.overhead for e in group) if known is not None
+                    else sum(live_bounds(e.vm, e.params)[1] for e in group))
             used = sum(e.vm.assigned for e in group)
             goal = host * self.target_percent // 100 - used
             if abs(goal) <= self.deadband:
@@ -112,8 +137,8 @@ class Proxmox:
                 desired = lo + extra[e.vm.key]
                 step = max(-self.max_change, min(self.max_change, desired - e.vm.assigned))
                 targets[e.vm.key] = fit(e.vm.assigned + step, lo, hi, e.params.alignment)
-        return [_set(e, targets.get(e.vm.key, e.vm.assigned), "auto-balloon toward 80% host use")
-                for e in entries]
+        return land(entries, [_set(e, targets.get(e.vm.key, e.vm.assigned), "auto-balloon toward 80% host use")
+                              for e in entries], cluster)
 
 
 class VPA:
@@ -131,7 +156,7 @@ class VPA:
         """P90 over 24 h."""
         return SignalSpec(0.0, self.window_s, self.quantile)
 
-    def plan(self, entries: Sequence[Entry], rooms: Mapping[str, int | None], now: float) -> list[Decision]:
+    def plan(self, entries: Sequence[Entry], cluster: Cluster | None, now: float) -> list[Decision]:
         """Recommend, then update only outside the tolerance."""
         out = []
         for e in entries:
@@ -144,4 +169,4 @@ class VPA:
             if abs(target - e.vm.assigned) * 100 <= e.vm.assigned * self.tolerance_percent:
                 target = e.vm.assigned
             out.append(_set(e, target, "P90 of 24 h + 15%", p90))
-        return budget(entries, out, rooms)
+        return land(entries, out, cluster)

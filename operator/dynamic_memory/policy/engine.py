@@ -1,4 +1,4 @@
-"""One decision pass over many VMs: per-VM targets, then each node's budget. Pure.
+"""One decision pass over many VMs: per-VM targets, then the cluster plan. Pure.
 
 `plan` is what the operator's reconcile loop and the simulator both call; baselines implement
 the same `Policy` protocol so the simulator can run them side by side.
@@ -7,15 +7,14 @@ the same `Policy` protocol so the simulator can run them side by side.
 from __future__ import annotations
 
 import gc
-from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from dynamic_memory.model import Decision, DemandSignal, PolicyParams, VMState
-from dynamic_memory.policy.budget import Claim, fit_to_room
-from dynamic_memory.policy.target import decide, fit, live_bounds
+from dynamic_memory.model import Cluster, Decision, DemandSignal, PolicyParams, VMState
+from dynamic_memory.policy.landing import land
+from dynamic_memory.policy.target import decide
 
 
 class Entry(NamedTuple):
@@ -51,50 +50,9 @@ class Policy(Protocol):
         """The statistics this policy needs from the metrics."""
         ...
 
-    def plan(self, entries: Sequence[Entry], rooms: Mapping[str, int | None], now: float) -> list[Decision]:
-        """Decisions for every entry; `rooms` maps node → guest bytes its VMs may use (None: no limit)."""
+    def plan(self, entries: Sequence[Entry], cluster: Cluster | None, now: float) -> list[Decision]:
+        """Decisions for every entry, within what the cluster can take (None: no limits)."""
         ...
-
-
-def claim_of(entry: Entry, decision: Decision) -> Claim:
-    """A VM's stake in its node: floor, demand and the target it was given."""
-    vm, params = entry.vm, entry.params
-    if decision.limited == "blocked":
-        return Claim(vm.key, vm.assigned, vm.assigned, vm.assigned, params.weight, vm.assigned, 0)
-    floor, ceiling = live_bounds(vm, params)
-    want = decision.target
-    need = want if decision.demand is None else fit(decision.demand, floor, ceiling, params.alignment)
-    return Claim(vm.key, min(floor, want), min(need, want), want, params.weight, vm.assigned,
-                 params.scale_up.step(vm.assigned))
-
-
-def budget(entries: Sequence[Entry], decisions: Sequence[Decision],
-           rooms: Mapping[str, int | None]) -> list[Decision]:
-    """Apply each node's room to the decisions of its VMs (order of `decisions` is kept).
-
-    One sequential sum per node first: most nodes hold every VM's target, now and during the
-    changes, and their VMs are never gathered (at 100,000 VMs that gathering was a third of the pass).
-    """
-    held: dict[str, int] = defaultdict(int)
-    for d in decisions:
-        held[d.node] += d.current if d.current > d.target else d.target
-    short = {node for node, total in held.items() if (room := rooms.get(node)) is not None and total > room}
-    out = list(decisions)
-    if not short:
-        return out
-    by_node: dict[str, list[int]] = defaultdict(list)
-    for i, d in enumerate(decisions):
-        if d.node in short:
-            by_node[d.node].append(i)
-    for node, idx in by_node.items():
-        room = rooms[node]
-        assert room is not None
-        alignment = max(entries[i].params.alignment for i in idx)
-        fitted = fit_to_room([decisions[i] for i in idx], [claim_of(entries[i], decisions[i]) for i in idx],
-                             room, alignment)
-        for i, d in zip(idx, fitted, strict=True):
-            out[i] = d
-    return out
 
 
 @contextmanager
@@ -115,15 +73,15 @@ def cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def plan(entries: Sequence[Entry], rooms: Mapping[str, int | None], now: float) -> list[Decision]:
-    """Our engine: every VM's own target, then each node's budget."""
+def plan(entries: Sequence[Entry], cluster: Cluster | None, now: float) -> list[Decision]:
+    """Our engine: every VM's own target, then the cluster plan (where each change can land)."""
     with cyclic_gc_paused():
         decisions = [decide(e.vm, e.signal, e.params, now) for e in entries]
-        return budget(entries, decisions, rooms)
+        return land(entries, decisions, cluster)
 
 
 class DynamicMemory:
-    """The kubevirt-dynamic-memory policy (demand + buffer, KubeVirt-aware hysteresis, node budget)."""
+    """The kubevirt-dynamic-memory policy (demand + buffer, KubeVirt-aware hysteresis, cluster plan)."""
 
     name = "dynamic-memory"
     follows_demand = True
@@ -132,6 +90,6 @@ class DynamicMemory:
         """Lowest demand of the scale-up window, highest of the scale-down window."""
         return SignalSpec(params.scale_up.window_s, params.scale_down.window_s, 1.0, params.min_history_s)
 
-    def plan(self, entries: Sequence[Entry], rooms: Mapping[str, int | None], now: float) -> list[Decision]:
+    def plan(self, entries: Sequence[Entry], cluster: Cluster | None, now: float) -> list[Decision]:
         """See `plan`."""
-        return plan(entries, rooms, now)
+        return plan(entries, cluster, now)

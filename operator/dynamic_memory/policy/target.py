@@ -13,9 +13,10 @@ The steps, each small enough to test on its own:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
-from dynamic_memory.model import Action, Decision, DemandSignal, PolicyParams, VMState, Why
-from dynamic_memory.quantity import align_up
+from dynamic_memory.model import KUBEVIRT_BLOCK, Action, Decision, DemandSignal, Limit, PolicyParams, VMState, Why
+from dynamic_memory.quantity import align_down, align_up
 
 SHORTFALL_BUMP_PERCENT = 10
 """A guest found short of memory sizes for 110 % of its demand (in the spirit of VPA's OOM bump,
@@ -56,6 +57,8 @@ def live_bounds(vm: VMState, params: PolicyParams) -> tuple[int, int]:
     """
     floor = params.minimum if params.minimum > vm.guest_at_boot else vm.guest_at_boot
     ceiling = params.maximum if params.maximum < vm.max_guest else vm.max_guest
+    if vm.alignment > KUBEVIRT_BLOCK:  # 1Gi hugepages: KubeVirt's own bounds are whole blocks
+        floor, ceiling = align_up(floor, vm.alignment), align_down(ceiling, vm.alignment)
     return floor, ceiling if ceiling > floor else floor
 
 
@@ -66,12 +69,12 @@ def fit(value: int, floor: int, ceiling: int, alignment: int) -> int:
 
 
 def _hold(vm: VMState, why: Why, *, demand: int | None = None, wanted: int | None = None,
-          limited: str | None = None) -> Decision:
+          limited: Limit | None = None) -> Decision:
     return Decision(vm.key, vm.node, vm.assigned, vm.assigned, Action.HOLD, why,
                     demand=demand, wanted=vm.assigned if wanted is None else wanted, limited=limited)
 
 
-def _move(vm: VMState, target: int, why: Why, demand: int | None, limited: str | None = None) -> Decision:
+def _move(vm: VMState, target: int, why: Why, demand: int | None, limited: Limit | None = None) -> Decision:
     action = Action.GROW if target > vm.assigned else Action.SHRINK
     return Decision(vm.key, vm.node, vm.assigned, target, action, why,
                     demand=demand, wanted=target, limited=limited)
@@ -105,15 +108,19 @@ def decide(vm: VMState, signal: DemandSignal, params: PolicyParams, now: float) 
     floor, ceiling = live_bounds(vm, params)
     current = vm.assigned
     latest, peak = demand_with_pressure(signal, current)
-    if vm.blocked:  # its demand is still known: the status shows it
-        return _hold(vm, Why("Blocked", "not resizable now: {why}", {"why": vm.blocked}),
-                     demand=peak if peak is not None else latest, limited="blocked")
+    if vm.blocked is not None:  # its demand is still known: the status shows it
+        b = vm.blocked
+        words = f"{b.words}: {vm.blocked_detail}" if vm.blocked_detail else b.words
+        return _hold(vm, Why(b.code, "not resizable{now}: {why}", {"now": "" if b.lasting else " now", "why": words}),
+                     demand=peak if peak is not None else latest, limited=Limit.BLOCKED)
+    if vm.alignment > params.alignment:
+        params = replace(params, alignment=vm.alignment)
 
     if not floor <= current <= ceiling:
         target = fit(current, floor, ceiling, params.alignment)
         why = Why("OutOfBounds", "{current:B} is outside {floor:B}..{ceiling:B}",
                   {"current": current, "floor": floor, "ceiling": ceiling})
-        return _move(vm, target, why, peak, limited="bounds")
+        return _move(vm, target, why, peak, limited=Limit.BOUNDS)
 
     if latest is None:
         return _hold(vm, Why("DemandUnknown", "demand unknown (no fresh guest metrics): holding, never shrinking"))
@@ -129,7 +136,7 @@ def decide(vm: VMState, signal: DemandSignal, params: PolicyParams, now: float) 
             why = _sizing("GrowRateLimited", what, up_base, params, grow_to,
                           "; waiting: {n} grows in the last hour (scaleUp.maxPerHour)", {"n": n},
                           bump=short, doublings=n)
-            return _hold(vm, why, demand=up_base, wanted=grow_to, limited="rate")
+            return _hold(vm, why, demand=up_base, wanted=grow_to, limited=Limit.RATE)
         why = _sizing("DemandRose", what, up_base, params, grow_to, bump=short, doublings=n)
         return _move(vm, grow_to, why, up_base)
 
@@ -145,15 +152,15 @@ def decide(vm: VMState, signal: DemandSignal, params: PolicyParams, now: float) 
     if not signal.enough_history:
         why = _sizing("WarmingUp", "peak demand", peak, params, desired,
                       "; waiting for metrics to span scaleDown.minHistory")
-        return _hold(vm, why, demand=peak, limited="rate")
+        return _hold(vm, why, demand=peak, limited=Limit.RATE)
     window = params.scale_down.window_s
     if vm.last_grow is not None and now - vm.last_grow < window:
         why = _sizing("ShrinkWaiting", "peak demand", peak, params, desired,
                       "; grew too recently ({left:.0f} min of the scale-down window left)",
                       {"left": (window - (now - vm.last_grow)) / 60})
-        return _hold(vm, why, demand=peak, limited="rate")
+        return _hold(vm, why, demand=peak, limited=Limit.RATE)
     if vm.shrinks_last_hour >= params.scale_down.max_per_hour:
         why = _sizing("ShrinkRateLimited", "peak demand", peak, params, desired,
                       "; waiting: {n} shrinks in the last hour (scaleDown.maxPerHour)", {"n": vm.shrinks_last_hour})
-        return _hold(vm, why, demand=peak, limited="rate")
+        return _hold(vm, why, demand=peak, limited=Limit.RATE)
     return _move(vm, desired, _sizing("DemandFell", "peak demand", peak, params, desired), peak)

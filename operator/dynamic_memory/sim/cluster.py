@@ -2,8 +2,10 @@
 
 KubeVirt's rules, as the real one applies them: guest sizes in 2 MiB blocks, at least 1 GiB,
 never above maxGuest nor below the boot size while running; every resize is a live migration
-that takes time, during which the VM cannot be resized again; a node's pods request
-guest + overhead and must fit in allocatable − reserve.
+to *another* node, which takes time, during which the VM cannot be resized again and both its
+pods hold their requests; the scheduler puts the target pod on the least allocated other node
+that has room and allows the VM, and a target pod that fits nowhere fails the migration after
+five minutes; a node's pods request guest + overhead and must fit in allocatable − reserve.
 """
 
 from __future__ import annotations
@@ -13,9 +15,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from dynamic_memory.history import DemandHistory
-from dynamic_memory.model import KUBEVIRT_BLOCK, KUBEVIRT_MIN_GUEST, Action, PolicyParams, VMState
+from dynamic_memory.model import (
+    KUBEVIRT_BLOCK,
+    KUBEVIRT_MIN_GUEST,
+    Action,
+    Blocker,
+    Cluster,
+    NodeState,
+    Placement,
+    PolicyParams,
+    VMState,
+)
 from dynamic_memory.policy.engine import Entry, Policy
 from dynamic_memory.quantity import GIB, MIB
+from dynamic_memory.sources.cluster import PARALLEL_MIGRATIONS
 
 DemandFn = Callable[[float], int]
 """Guest demand in bytes at a time in seconds."""
@@ -51,6 +64,13 @@ class SimVM:
     """Its static size (what `static` gives it)."""
     max_guest: int = 0
     """maxGuest; 0 means the policy's maximum."""
+    pinned: bool = False
+    """Its placement allows only its own node (a nodeSelector on the hostname): it can never migrate."""
+
+
+HOSTNAME = "kubernetes.io/hostname"
+UNSCHEDULABLE_TIMEOUT_S = 300.0
+"""virt-controller fails a migration whose target pod stays Pending this long."""
 
 
 @dataclass(slots=True)
@@ -60,10 +80,18 @@ class _Live:
     guest_at_boot: int
     max_guest: int
     history: DemandHistory
+    node: str
+    overhead: int
     last_grow: float | None = None
     migrating_until: float = -1.0
     pending: int = 0
+    target_node: str | None = None
+    """Where its migration's target pod runs; None while it is Pending (it fits nowhere)."""
     log: deque[tuple[float, Action]] = field(default_factory=deque)
+
+    def pod(self, size: int) -> int:
+        """A launcher pod's request for a guest of `size`: KubeVirt keeps the overhead on hotplug."""
+        return size + self.overhead
 
 
 @dataclass
@@ -92,6 +120,10 @@ class SimResult:
     """The words of every change, in order (the first few go in the report)."""
     fresh_signals: int = 0
     """Decisions made with a fresh demand sample (0: the policy only ever saw unknown demand)."""
+    migrated_bytes: int = 0
+    """Guest memory copied by the resizes' live migrations (each copies the whole VM)."""
+    failed_migrations: int = 0
+    """Resizes whose target pod fitted on no other node (failed after five minutes)."""
     stale_s: float = 0.0
     follows_demand: bool = True
 
@@ -119,6 +151,8 @@ class SimResult:
             "memory_ratio": round(total_assigned / max(static_bytes * steps, 1), 4),
             "pressure_fraction": round(pressured / max(steps * vm_count, 1), 5),
             "resizes_per_vm_day": round(self.resizes / max(vm_count * days, 1e-9), 3),
+            "migrated_gib_per_vm_day": round(self.migrated_bytes / GIB / max(vm_count * days, 1e-9), 2),
+            "failed_migrations": self.failed_migrations,
             "node_over_capacity_steps": over,
             "kubevirt_violations": len(self.violations),
             "warnings": self.warnings(),
@@ -139,6 +173,37 @@ def _kubevirt_check(live: _Live, target: int) -> str | None:
     return None
 
 
+def _schedule(lives: Sequence[_Live], live: _Live, need: int, capacity: dict[str, int],
+              allocatable: dict[str, int]) -> str | None:
+    """kube-scheduler's pick for a migration target pod: another node with room, the least allocated."""
+    if live.vm.pinned:
+        return None
+    free = _free(lives, capacity)
+    fits = [n for n in capacity if n != live.node and free[n] >= need]
+    return max(fits, key=lambda n: (free[n] / allocatable[n], n)) if fits else None
+
+
+def _free(lives: Sequence[_Live], capacity: dict[str, int]) -> dict[str, int]:
+    """Each node's room: capacity minus the requests of every pod on it, migration targets included."""
+    free = dict(capacity)
+    for live in lives:
+        free[live.node] -= live.pod(live.assigned)
+        if live.target_node is not None:
+            free[live.target_node] -= live.pod(live.pending)
+    return free
+
+
+def _cluster(lives: Sequence[_Live], nodes: Sequence[SimNode], capacity: dict[str, int]) -> Cluster:
+    free = _free(lives, capacity)
+    outbound: dict[str, int] = {}
+    for live in lives:
+        if live.pending:
+            outbound[live.node] = outbound.get(live.node, 0) + 1
+    return Cluster({n.name: NodeState(n.name, n.allocatable, free[n.name], {HOSTNAME: n.name},
+                                      outbound=outbound.get(n.name, 0)) for n in nodes},
+                   migrations_left=max(PARALLEL_MIGRATIONS - sum(outbound.values()), 0))
+
+
 def simulate(policy: Policy, nodes: Sequence[SimNode], vms: Sequence[SimVM], *, duration_s: float,
              step_s: float, migration_s: Callable[[int], float] = lambda guest: 10 + 2 * guest / GIB,
              stale_s: float = 120.0, boot_at_provisioned: bool = False) -> SimResult:
@@ -149,7 +214,8 @@ def simulate(policy: Policy, nodes: Sequence[SimNode], vms: Sequence[SimVM], *, 
         # a statically sized VM has no hotplug headroom: its ceiling is what it was given
         max_guest = boot if boot_at_provisioned else sim_vm.max_guest or max(sim_vm.params.maximum, boot)
         spec = policy.signal_spec(sim_vm.params)
-        lives.append(_Live(sim_vm, boot, boot, max_guest, DemandHistory(spec, stale_s)))
+        lives.append(_Live(sim_vm, boot, boot, max_guest, DemandHistory(spec, stale_s), sim_vm.node,
+                           launcher_overhead(boot)))
     result = SimResult(policy.name, Timeline(), stale_s=stale_s, follows_demand=policy.follows_demand)
     tl = result.timeline
     for live in lives:
@@ -159,29 +225,33 @@ def simulate(policy: Policy, nodes: Sequence[SimNode], vms: Sequence[SimVM], *, 
         tl.node_used[node.name] = []
         tl.node_capacity[node.name] = []
     capacity = {n.name: n.allocatable - n.reserve - n.others for n in nodes}
+    allocatable = {n.name: n.allocatable for n in nodes}
 
     steps = int(duration_s // step_s)
     for k in range(steps + 1):
         now = k * step_s
-        for live in lives:  # migrations that finished
+        for live in lives:  # migrations that ended: the VM moves, or stays where it was
             if live.pending and now >= live.migrating_until:
-                live.assigned, live.pending = live.pending, 0
+                if live.target_node is not None:
+                    live.assigned, live.node = live.pending, live.target_node
+                else:
+                    result.failed_migrations += 1
+                live.pending, live.target_node = 0, None
         entries = []
         for live in lives:
             while live.log and live.log[0][0] <= now - 3600:
                 live.log.popleft()
             grows = sum(1 for _, a in live.log if a is Action.GROW)
-            blocked = "live migration in progress (HotMemoryChange)" if live.pending else None
-            # while a change settles the node holds the larger of both sizes until the migration ends
-            state = VMState(live.vm.name, live.vm.node, max(live.pending, live.assigned), live.guest_at_boot,
-                            live.max_guest, launcher_overhead(live.max_guest), live.last_grow, grows,
-                            len(live.log) - grows, blocked)
+            blocked = Blocker.HOTPLUG_IN_PROGRESS if live.pending else None
+            placement = Placement(((HOSTNAME, live.node),)) if live.vm.pinned else None
+            # while a change settles the VM may end at either size: count the larger
+            state = VMState(live.vm.name, live.node, max(live.pending, live.assigned), live.guest_at_boot,
+                            live.max_guest, live.overhead, live.last_grow, grows, len(live.log) - grows, blocked,
+                            own_change=bool(live.pending), placement=placement)
             signal = live.history.signal(now)
             result.fresh_signals += signal.latest is not None
             entries.append(Entry(state, signal, live.vm.params))
-        rooms: dict[str, int | None] = {
-            n: capacity[n] - sum(e.vm.overhead for e in entries if e.vm.node == n) for n in capacity}
-        decisions = policy.plan(entries, rooms, now)
+        decisions = policy.plan(entries, _cluster(lives, nodes, capacity), now)
         for live, d in zip(lives, decisions, strict=True):
             if d.changes and live.vm.params.mode.value == "Auto" and not live.pending:
                 problem = _kubevirt_check(live, d.target)
@@ -189,24 +259,27 @@ def simulate(policy: Policy, nodes: Sequence[SimNode], vms: Sequence[SimVM], *, 
                     result.violations.append(f"t={now:.0f}s {problem}")
                     continue
                 live.pending = d.target
+                live.target_node = _schedule(lives, live, live.pod(d.target), capacity, allocatable)
+                if live.target_node is None:
+                    live.migrating_until = now + UNSCHEDULABLE_TIMEOUT_S
+                    continue
                 live.migrating_until = now + migration_s(max(d.target, live.assigned))
+                result.migrated_bytes += live.assigned
                 if d.action is Action.GROW:
                     live.last_grow = now
                 live.log.append((now, d.action))
                 result.resizes += 1
                 result.reasons.append(f"t={now / 3600:.2f}h {live.vm.name}: {d.action.value} "
-                                      f"{d.current // MIB}Mi → {d.target // MIB}Mi: {d.reason}")
+                                      f"{d.current // MIB}Mi → {d.target // MIB}Mi on {live.node} → "
+                                      f"{live.target_node}: {d.reason}")
         tl.t.append(now)
-        used = dict.fromkeys(capacity, 0)
         for live in lives:
             demand = live.vm.demand(now)
             tl.demand[live.vm.name].append(demand)
             tl.assigned[live.vm.name].append(live.assigned)
-            # what the node holds once migrations settle (a migration's target pod may land elsewhere)
-            settled = max(live.assigned, live.pending)
-            used[live.vm.node] += settled + launcher_overhead(settled)
             live.history.push(now, demand)
+        free = _free(lives, capacity)
         for n in capacity:
-            tl.node_used[n].append(used[n])
+            tl.node_used[n].append(capacity[n] - free[n])
             tl.node_capacity[n].append(capacity[n])
     return result

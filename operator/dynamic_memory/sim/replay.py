@@ -141,8 +141,7 @@ def replay(traces: Sequence[VMTrace], policy: Policy, params: PolicyParams, *,
             vm = VMState(keys[j], NODE, assigned[j], min(GIB, prov), prov, 0, last_grow[j],
                          grows, len(log) - grows)
             entries.append(Entry(vm, history[j].signal(t), params))
-        host = sum(e.vm.max_guest for e in entries)
-        decisions = policy.plan(entries, {NODE: host if policy.name == "proxmox" else None}, now)
+        decisions = policy.plan(entries, None, now)  # single VMs: no cluster limits
         for (j, i), d in zip(members, decisions, strict=True):
             tr = traces[j]
             t, prov, usage = tr.ts[i], tr.provisioned[i], tr.usage[i]

@@ -83,8 +83,9 @@ def diurnal() -> Scenario:
 
 
 def burst() -> Scenario:
-    """An application opens on vm-0 (2 → 12 GiB in ten minutes) at 2 h and closes at 5 h."""
-    nodes = [SimNode("node-a", 64 * GIB)]
+    """An application opens on vm-0 (2 → 12 GiB in ten minutes) at 2 h and closes at 5 h. Every
+    resize migrates the VM, so there are two nodes."""
+    nodes = [SimNode("node-a", 64 * GIB), SimNode("node-b", 64 * GIB)]
 
     def app(t: float) -> float:
         ramp = min(1.0, max(0.0, (t - 2 * HOUR) / 600))
@@ -96,17 +97,21 @@ def burst() -> Scenario:
 
 
 def small_node() -> Scenario:
-    """One node too small for what its three VMs want at peak: weights decide who is served."""
-    node = SimNode("node-a", 30 * GIB, reserve=GIB, others=2 * GIB)
+    """Three nodes too small for what their six VMs want at peak: weights decide who is served.
+
+    Every resize migrates the VM to another node, so the pool's free room is what counts; two
+    VMs of each weight, all busy at the same hours."""
+    nodes = [SimNode(f"node-{x}", 24 * GIB, reserve=GIB, others=2 * GIB) for x in "abc"]
     weights = {"vm-gold": 9000, "vm-silver": 5000, "vm-bronze": 1000}
 
     def busy(start: float) -> Callable[[float], float]:
         return lambda t: 2.0 + (7.0 if start <= t % (8 * HOUR) < start + 5 * HOUR else 0.0)
 
-    vms = [SimVM(name, "node-a", _params(2, 16, weight=w), _noisy(busy(HOUR * (1 + i)), i), 12 * GIB)
-           for i, (name, w) in enumerate(weights.items())]
-    return Scenario("small-node", "a node too small for its VMs at peak: heavier weights first",
-                    [node], vms, 1 * DAY, 60)
+    vms = [SimVM(f"{name}-{j}", nodes[(i + j) % 3].name, _params(2, 16, weight=w),
+                 _noisy(busy(HOUR), 2 * i + j), 12 * GIB)
+           for i, (name, w) in enumerate(weights.items()) for j in (1, 2)]
+    return Scenario("small-node", "a pool too small for its VMs at peak: heavier weights first",
+                    nodes, vms, 1 * DAY, 60)
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,8 @@ STALE_SAMPLES = 3
 
 
 def from_trace(path: str | Path, vms: int = 24, days: float = 3.0, node_gib: int = 256) -> Scenario:
-    """Real demand: the first `vms` VMs of a trace file in the shared format, packed onto nodes.
+    """Real demand: the first `vms` VMs of a trace file in the shared format, packed onto nodes to
+    70 % of their provisioned sizes, plus a spare node (every resize migrates a VM to another node).
     Steps follow the trace's own sampling interval, and so does staleness (three missed samples)."""
     loaded = load_traces(path)
     traces = [t for t in loaded if max(t.provisioned) >= 2 * GIB][:vms]
@@ -141,12 +147,13 @@ def from_trace(path: str | Path, vms: int = 24, days: float = 3.0, node_gib: int
     out, nodes, used = [], [SimNode("node-0", node_gib * GIB)], 0
     for _i, tr in enumerate(traces):
         prov = max(tr.provisioned) // (2 * MIB) * (2 * MIB)
-        if used + prov > node_gib * GIB * 0.9:
+        if used + prov > node_gib * GIB * 0.7:
             nodes.append(SimNode(f"node-{len(nodes)}", node_gib * GIB))
             used = 0
         used += prov
         params = replace(_params(1, 1), maximum=max(prov, GIB))
         out.append(SimVM(f"vm-{tr.vm}", nodes[-1].name, params, TraceDemand(tr), max(prov, GIB)))
+    nodes.append(SimNode(f"node-{len(nodes)}", node_gib * GIB))  # a spare: every resize migrates the VM
     return Scenario("trace", f"{len(out)} VMs of {Path(path).name}, sampled every {step_s:.0f}s", nodes, out,
                     days * DAY, step_s, stale_s=STALE_SAMPLES * step_s)
 

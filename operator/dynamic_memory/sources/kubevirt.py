@@ -14,13 +14,15 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from dynamic_memory.model import VMState
-from dynamic_memory.quantity import parse_quantity
+from dynamic_memory.model import KUBEVIRT_BLOCK, Action, Blocker, Placement, Requirement, Toleration, VMState
+from dynamic_memory.quantity import format_bytes, parse_quantity
 
 ANNOTATION_PREFIX = "dynamicmemory.io/"
 LAST_GROW = ANNOTATION_PREFIX + "last-grow"
 RESIZES = ANNOTATION_PREFIX + "recent-resizes"
 """Comma-separated `<unix seconds>:<Grow|Shrink>` of our resizes in the last hour."""
+OUR_TARGET = ANNOTATION_PREFIX + "target"
+"""The guest size we last asked for."""
 
 Obj = Mapping[str, Any]
 
@@ -55,33 +57,64 @@ def key_of(obj: Obj) -> str:
     return f"{_get(obj, 'metadata', 'namespace')}/{_get(obj, 'metadata', 'name')}"
 
 
-OWN_CHANGE_UNDER_WAY = ("memory hotplug in progress", "memory change under way")
-"""How blocked_reason starts when KubeVirt is carrying out a memory change (ours, if the VM's
-spec says what our `target` annotation says)."""
+def _message(cond: Obj | None, fallback: str) -> str:
+    if cond is None:
+        return fallback
+    return str(cond.get("message") or cond.get("reason") or fallback)
 
 
-def blocked_reason(vm: Obj, vmi: Obj) -> str | None:
-    """Why KubeVirt cannot take a memory change for this VM now, or None."""
+def shape_blocker(vm: Obj, vmi: Obj) -> tuple[Blocker, str] | None:
+    """What about this VM's shape keeps KubeVirt from hotplugging its memory, for as long as it runs
+    (virt-controller's `handleMemoryHotplugRequest` and `ValidateLiveUpdateMemory`, v1.8.0)."""
+    template = _get(vm, "spec", "template", "spec", "domain") or {}
+    if _get(vm, "spec", "instancetype"):
+        return Blocker.INSTANCETYPE, f"instancetype {_get(vm, 'spec', 'instancetype', 'name')}"
+    resources = template.get("resources") or {}
+    for kind in ("requests", "limits"):
+        if (resources.get(kind) or {}).get("memory"):
+            return Blocker.MEMORY_REQUESTS, f"resources.{kind}.memory {resources[kind]['memory']}"
+    domain = _get(vmi, "spec", "domain") or {}
+    cpu = domain.get("cpu") or {}
+    if cpu.get("realtime") is not None:
+        return Blocker.UNSUPPORTED, "realtime VM"
+    if (cpu.get("numa") or {}).get("guestMappingPassthrough") is not None:
+        return Blocker.UNSUPPORTED, "NUMA guest mapping passthrough"
+    if domain.get("launchSecurity") is not None:
+        return Blocker.UNSUPPORTED, "encrypted VM (launchSecurity)"
+    arch = _get(vmi, "spec", "architecture")
+    if arch and arch != "amd64":
+        return Blocker.UNSUPPORTED, f"architecture {arch} (hotplug is x86_64 only)"
+    if _get(vmi, "spec", "domain", "memory", "maxGuest") is None:
+        return Blocker.NO_MAX_GUEST, ""
+    return None
+
+
+def busy_blocker(vm: Obj, vmi: Obj, migrating: bool) -> tuple[Blocker, str] | None:
+    """What keeps KubeVirt from taking a memory change now. A change is done when KubeVirt says
+    so: HotMemoryChange gone and guestRequested equal to the VM's spec. `migrating`: a
+    VirtualMachineInstanceMigration of this VMI is pending or running."""
     restart = _condition(vm, "RestartRequired")
     if restart and restart.get("status") == "True":
-        return f"RestartRequired: {restart.get('message') or 'the VM needs a restart'}"
+        return Blocker.RESTART_REQUIRED, _message(restart, "")
     migratable = _condition(vmi, "LiveMigratable")
-    if migratable and migratable.get("status") == "False":
-        return f"not live-migratable: {migratable.get('message') or migratable.get('reason') or 'unknown'}"
+    if not migratable or migratable.get("status") != "True":
+        return Blocker.NOT_MIGRATABLE, _message(migratable, "the VMI reports no LiveMigratable condition")
     hotplug = _condition(vmi, "HotMemoryChange")
     migration = _get(vmi, "status", "migrationState")
     if hotplug and hotplug.get("status") == "True":
         if isinstance(migration, Mapping) and migration.get("failed"):
-            return "memory hotplug waiting: its live migration failed and KubeVirt retries it"
-        return "memory hotplug in progress (HotMemoryChange)"
-    if isinstance(migration, Mapping) and migration.get("startTimestamp") and not migration.get("completed") \
-            and not migration.get("failed"):
-        return "live migration in progress"
-    current = _quantity(_get(vmi, "status", "memory", "guestCurrent"))
-    for field, value in (("guestRequested", _quantity(_get(vmi, "status", "memory", "guestRequested"))),
-                         ("the VM's spec guest", _spec_guest(vm))):
-        if value is not None and current is not None and value != current:
-            return f"memory change under way ({field} {value} != guestCurrent {current})"
+            return Blocker.HOTPLUG_RETRYING, ""
+        return Blocker.HOTPLUG_IN_PROGRESS, ""
+    started = isinstance(migration, Mapping) and migration.get("startTimestamp") and not migration.get("completed") \
+        and not migration.get("failed")
+    if migrating or started:
+        return Blocker.MIGRATING, ""
+    memory = _get(vmi, "status", "memory") or {}
+    requested = _quantity(memory.get("guestRequested") or memory.get("guestCurrent"))
+    spec_guest = _spec_guest(vm)
+    if spec_guest is not None and requested is not None and spec_guest != requested:
+        return Blocker.CHANGE_PENDING, (f"spec guest {format_bytes(spec_guest)}, "
+                                        f"guestRequested {format_bytes(requested)}")
     return None
 
 
@@ -89,19 +122,26 @@ def _spec_guest(vm: Obj) -> int | None:
     return _quantity(_get(vm, "spec", "template", "spec", "domain", "memory", "guest"))
 
 
-def recent_resizes(annotations: Mapping[str, str], now: float) -> tuple[int, int]:
-    """(grows, shrinks) we made in the hour before `now`, from our annotation."""
-    grows = shrinks = 0
+def resize_log(annotations: Mapping[str, str], now: float) -> list[tuple[str, Action]]:
+    """Our resizes in the hour before `now`, from the `recent-resizes` annotation: (stamp, action).
+    The one reader of that annotation; unreadable items are dropped."""
+    out = []
     for item in (annotations.get(RESIZES) or "").split(","):
         stamp, _, kind = item.partition(":")
         try:
-            t = float(stamp)
+            t, action = float(stamp), Action(kind)
         except ValueError:
             continue
         if now - 3600 < t <= now:
-            grows += kind == "Grow"
-            shrinks += kind == "Shrink"
-    return grows, shrinks
+            out.append((stamp, action))
+    return out
+
+
+def recent_resizes(annotations: Mapping[str, str], now: float) -> tuple[int, int]:
+    """(grows, shrinks) we made in the hour before `now`."""
+    log = resize_log(annotations, now)
+    grows = sum(a is Action.GROW for _, a in log)
+    return grows, len(log) - grows
 
 
 def parse_time(text: str | None) -> float | None:
@@ -119,44 +159,81 @@ def format_time(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-PAGE_TABLE_DIVISOR = 512
-"""KubeVirt adds guest/512 to a virt-launcher's overhead for page tables (hypervisorbackend.go)."""
+OWN_BLOCKS = (Blocker.HOTPLUG_IN_PROGRESS, Blocker.HOTPLUG_RETRYING, Blocker.CHANGE_PENDING, Blocker.MIGRATING)
+"""Blocks that a change we asked for causes."""
+
+HUGEPAGES_1GI_BLOCK = 1024**3
 
 
-def launcher_overhead_at(overhead: int, current: int, max_guest: int) -> int:
-    """The launcher overhead at the largest size the VM can reach live: its pod grows with the guest,
-    so node room is counted at that size and a grow never overfills the node."""
-    return overhead + max(0, max_guest - current) // PAGE_TABLE_DIVISOR
+def vm_state(vm: Obj, vmi: Obj, now: float, *, pod_request: int | None = None,
+             placement: Placement | None = None, migrating: bool = False) -> VMState | None:
+    """The engine's view of a running VM, or None when it is not running or reports no memory yet.
 
-
-def vm_state(vm: Obj, vmi: Obj, now: float) -> VMState | None:
-    """The engine's view of a running VM, or None when it is not running or reports no memory yet."""
+    `pod_request`: its virt-launcher pod's memory request (the overhead is that minus the guest);
+    `placement`: where its pods may run; `migrating`: a migration of it is pending or running."""
     if _get(vmi, "status", "phase") != "Running":
         return None
     memory = _get(vmi, "status", "memory") or {}
     boot = _quantity(memory.get("guestAtBoot"))
     current = _quantity(memory.get("guestCurrent"))
-    requested = _quantity(memory.get("guestRequested"))
-    if boot is None or current is None:
+    requested = _quantity(memory.get("guestRequested")) or current
+    if boot is None or current is None or requested is None:
         return None
     max_guest = _quantity(_get(vmi, "spec", "domain", "memory", "maxGuest"))
     max_guest = boot if max_guest is None else max_guest
-    blocked = blocked_reason(vm, vmi)
-    # while a change settles the node holds the larger of both sizes until the migration ends
-    assigned = max(current, requested or 0, _spec_guest(vm) or 0) if blocked else current
+    found = shape_blocker(vm, vmi) or busy_blocker(vm, vmi, migrating)
+    blocked, detail = found if found else (None, "")
+    spec_guest = _spec_guest(vm)
     annotations = _get(vm, "metadata", "annotations") or {}
+    ours = _quantity(annotations.get(OUR_TARGET))
+    # while a change settles the VM may end at either size: count the larger
+    assigned = max(current, requested, spec_guest or 0) if blocked in OWN_BLOCKS else requested
+    if pod_request is not None:
+        overhead = max(pod_request - requested, 0)
+    else:
+        overhead = _quantity(memory.get("memoryOverhead")) or 0
     grows, shrinks = recent_resizes(annotations, now)
+    hugepages = _get(vmi, "spec", "domain", "memory", "hugepages", "pageSize")
     return VMState(
         key=key_of(vm),
         node=_get(vmi, "status", "nodeName") or "",
         assigned=assigned,
         guest_at_boot=boot,
         max_guest=max_guest,
-        overhead=launcher_overhead_at(_quantity(memory.get("memoryOverhead")) or 0, current, max_guest),
+        overhead=overhead,
         last_grow=parse_time(annotations.get(LAST_GROW)),
         grows_last_hour=grows,
         shrinks_last_hour=shrinks,
         blocked=blocked,
+        blocked_detail=detail,
+        own_change=blocked in OWN_BLOCKS and ours is not None and ours == spec_guest,
+        alignment=HUGEPAGES_1GI_BLOCK if hugepages == "1Gi" else KUBEVIRT_BLOCK,
+        unplug_gap=max(current - requested, 0),
+        placement=placement,
+    )
+
+
+def _selector_terms(affinity: Obj) -> tuple[tuple[Requirement, ...], ...]:
+    required = _get(affinity, "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution") or {}
+    terms = []
+    for term in required.get("nodeSelectorTerms") or []:
+        reqs = [Requirement(str(e.get("key", "")), str(e.get("operator", "")), tuple(map(str, e.get("values") or ())))
+                for e in term.get("matchExpressions") or []]
+        reqs += [Requirement("metadata.name", str(f.get("operator", "")), tuple(map(str, f.get("values") or ())))
+                 for f in term.get("matchFields") or [] if f.get("key") == "metadata.name"]
+        terms.append(tuple(reqs))
+    return tuple(terms)
+
+
+def placement_of(pod: Obj) -> Placement:
+    """Where a pod may be scheduled: nodeSelector, required node affinity, tolerations."""
+    spec = pod.get("spec") or {}
+    return Placement(
+        node_selector=tuple(sorted((str(k), str(v)) for k, v in (spec.get("nodeSelector") or {}).items())),
+        terms=_selector_terms(spec.get("affinity") or {}),
+        tolerations=tuple(Toleration(str(t.get("key") or ""), str(t.get("operator") or "Equal"),
+                                     str(t.get("value") or ""), str(t.get("effect") or ""))
+                          for t in spec.get("tolerations") or []),
     )
 
 

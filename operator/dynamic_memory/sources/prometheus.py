@@ -261,6 +261,11 @@ class PrometheusSettings:
 class PrometheusError(RuntimeError):
     """Prometheus could not be asked or did not answer: demand is then unknown, never low."""
 
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
+        """No answer at all (connection refused, timeout), rather than a query Prometheus refused."""
+
 
 class PrometheusSource:
     """Asks Prometheus the group queries; counts what it sends (the operator exports the count)."""
@@ -287,33 +292,44 @@ class PrometheusSource:
 
     def _ask(self, promqls: Mapping[Any, str], view: MetricsView, now: float) -> dict[Any, dict[str, float]]:
         """Send queries side by side (Prometheus runs them in parallel); their answers by the same keys."""
+        import requests
+
         def one(promql: str) -> dict[str, float]:
             try:
                 return vector(self.client.custom_query(promql, params={"time": now}), view)
-            except Exception as exc:  # requests' and the client's own errors alike
+            except requests.exceptions.RequestException as exc:
+                raise PrometheusError(f"{type(exc).__name__}: {exc}", unreachable=True) from exc
+            except Exception as exc:  # the client's own errors: Prometheus answered, and refused
                 raise PrometheusError(f"{type(exc).__name__}: {exc}") from exc
 
         self.queries_sent += len(promqls)
         return dict(zip(promqls, self.pool.map(one, promqls.values()), strict=True))
 
-    def signals(self, groups: Mapping[Group, Collection[str]], now: float) -> dict[str, DemandSignal]:
-        """Signals of every VM key in `groups`, asked as of `now` (Unix seconds)."""
+    def signals(self, groups: Mapping[Group, Collection[str]],
+                now: float) -> tuple[dict[str, DemandSignal], dict[Group, PrometheusError]]:
+        """Signals of every VM key in `groups`, asked as of `now` (Unix seconds), and the groups whose
+        queries failed, with why: one policy's bad matcher must not blind the others."""
         out: dict[str, DemandSignal] = {}
+        failed: dict[Group, PrometheusError] = {}
         self.client.headers = self._headers()
-        res = self.settings.resolution_s
         for group, keys in groups.items():
-            if self.windows is None or not self.windows.cacheable(group.spec):
-                answers = self._ask(queries(group, res), group.view, now)
-                out.update(assemble(answers, group, keys, now, res))
-                continue
-            answers = self._ask(pass_queries(group, res), group.view, now)
-            missing = self.windows.missing(group, keys)
-            if missing:
-                names = {k.split("/", 1)[1] for k in missing}
-                self.windows.seed(group, missing, self._ask(seed_queries(group, names, res), group.view, now), now)
-            answers.update(self.windows.update(group, keys, answers["latest"], now))
-            out.update(assemble(answers, group, keys, now, res))
-        return out
+            try:
+                out.update(self._group_signals(group, keys, now))
+            except PrometheusError as exc:
+                failed[group] = exc
+        return out, failed
+
+    def _group_signals(self, group: Group, keys: Collection[str], now: float) -> dict[str, DemandSignal]:
+        res = self.settings.resolution_s
+        if self.windows is None or not self.windows.cacheable(group.spec):
+            return assemble(self._ask(queries(group, res), group.view, now), group, keys, now, res)
+        answers = self._ask(pass_queries(group, res), group.view, now)
+        missing = self.windows.missing(group, keys)
+        if missing:
+            names = {k.split("/", 1)[1] for k in missing}
+            self.windows.seed(group, missing, self._ask(seed_queries(group, names, res), group.view, now), now)
+        answers.update(self.windows.update(group, keys, answers["latest"], now))
+        return assemble(answers, group, keys, now, res)
 
     def ping(self) -> str | None:
         """None when Prometheus answers a query; otherwise why not, in words."""

@@ -1,0 +1,157 @@
+"""The cluster plan: every resize is a live migration to another node, so a change is planned only
+where it can land. Pure.
+
+KubeVirt carries out a memory hotplug by migrating the VM; the target pod asks for the new guest
+plus the launcher overhead and carries a required anti-affinity against the VM's own node
+(`createMigrationPodAntiAffinityRule`). The source pod keeps its request until the migration
+ends. So a change needs, on some *other* node the VM may run on, room for the whole new pod; and
+KubeVirt runs only so many migrations at once (parallelMigrationsPerCluster,
+parallelOutboundMigrationsPerNode). Changes are served heaviest weight first, grows before shrinks
+within a weight, and each one takes its room from the node it is expected to land on, the least
+allocated that fits, as kube-scheduler's default scoring picks it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from dynamic_memory.model import (
+    Action,
+    Cluster,
+    Decision,
+    Limit,
+    Mode,
+    NodeState,
+    Placement,
+    Requirement,
+    Toleration,
+    Why,
+)
+from dynamic_memory.quantity import align_down
+
+if TYPE_CHECKING:
+    from dynamic_memory.policy.engine import Entry
+
+BLOCKING_EFFECTS = ("NoSchedule", "NoExecute")
+
+
+def _requirement_holds(req: Requirement, labels: dict[str, str] | None, name: str) -> bool:
+    value = name if req.key == "metadata.name" else (labels or {}).get(req.key)
+    op = req.operator
+    if op == "In":
+        return value is not None and value in req.values
+    if op == "NotIn":
+        return value is None or value not in req.values
+    if op == "Exists":
+        return value is not None
+    if op == "DoesNotExist":
+        return value is None
+    if op in ("Gt", "Lt") and value is not None and req.values:
+        try:
+            have, bound = int(value), int(req.values[0])
+        except ValueError:
+            return False
+        return have > bound if op == "Gt" else have < bound
+    return False
+
+
+def _tolerated(taint_key: str, taint_value: str, effect: str, tolerations: Sequence[Toleration]) -> bool:
+    for t in tolerations:
+        if t.effect and t.effect != effect:
+            continue
+        if t.operator == "Exists" and (not t.key or t.key == taint_key):
+            return True
+        if t.key == taint_key and t.value == taint_value:
+            return True
+    return False
+
+
+def allows(placement: Placement | None, node: NodeState) -> bool:
+    """True when a pod with this placement may be scheduled on the node (as kube-scheduler's
+    NodeUnschedulable, NodeAffinity and TaintToleration filters decide)."""
+    if not node.schedulable:
+        return False
+    p = placement or Placement()
+    labels = dict(node.labels)
+    if any(labels.get(k) != v for k, v in p.node_selector):
+        return False
+    if p.terms and not any(all(_requirement_holds(r, labels, node.name) for r in term) for term in p.terms):
+        return False
+    return all(_tolerated(t.key, t.value, t.effect, p.tolerations)
+               for t in node.taints if t.effect in BLOCKING_EFFECTS)
+
+
+def _order(entries: Sequence[Entry], decisions: Sequence[Decision]) -> list[int]:
+    """Indexes of the changes to place: heaviest weight first, grows before shrinks, then the VM
+    shortest of memory (largest grow relative to its size), then by key for a stable plan."""
+    changes = [i for i, d in enumerate(decisions) if d.changes and d.limited is not Limit.BLOCKED]
+    return sorted(changes, key=lambda i: (-entries[i].params.weight, decisions[i].action is not Action.GROW,
+                                          -(decisions[i].target - decisions[i].current) / max(decisions[i].current, 1),
+                                          decisions[i].key))
+
+
+def _hold(d: Decision, limit: Limit, why: Why) -> Decision:
+    return d._replace(target=d.current, action=Action.HOLD, limited=limit, notes=(*d.notes, why))
+
+
+def land(entries: Sequence[Entry], decisions: Sequence[Decision], cluster: Cluster | None) -> list[Decision]:
+    """The decisions, each change given the node it should land on, or cut or held when none can
+    take it (order of `decisions` is kept). `cluster` None: no limits (a replay of single VMs)."""
+    out = list(decisions)
+    if cluster is None:
+        return out
+    free = {name: node.free for name, node in cluster.nodes.items()}
+    outbound = {name: node.outbound for name, node in cluster.nodes.items()}
+    left = cluster.migrations_left
+    for i in _order(entries, decisions):
+        d, vm = decisions[i], entries[i].vm
+        # a recommendation shows where the change could land; only changes that are sent take
+        # migrations and room from the ones after them
+        acts = entries[i].params.mode is Mode.AUTO
+        if acts and left <= 0:
+            out[i] = _hold(d, Limit.MIGRATIONS, Why("MigrationsBusy", "KubeVirt's parallel migrations are in use: "
+                                                                      "{target:B} waits for the next pass",
+                                                    {"target": d.target}))
+            continue
+        if acts and outbound.get(vm.node, 0) >= cluster.outbound_per_node:
+            out[i] = _hold(d, Limit.MIGRATIONS, Why(
+                "MigrationsBusy", "{n} migrations already leave {node} (parallelOutboundMigrationsPerNode): "
+                "{target:B} waits for the next pass", {"n": outbound.get(vm.node, 0), "node": vm.node,
+                                                       "target": d.target}))
+            continue
+        allowed = [n for n in cluster.nodes.values() if n.name != vm.node and allows(vm.placement, n)]
+        if not allowed:
+            out[i] = _hold(d, Limit.LANDING, Why(
+                "NoLandingNode", "no other node it may run on: a resize migrates it off {node}, and its "
+                "placement allows no other schedulable node", {"node": vm.node}))
+            continue
+        need = d.target + vm.overhead
+        fits = [n for n in allowed if free[n.name] >= need]
+        if fits:
+            best = max(fits, key=lambda n: (free[n.name] / max(n.allocatable, 1), n.name))
+            out[i] = d._replace(landing=best.name)
+        else:
+            roomiest = max(allowed, key=lambda n: (free[n.name], n.name))
+            most = align_down(max(free[roomiest.name] - vm.overhead, 0), vm.alignment)
+            step = entries[i].params.scale_up.step(d.current)
+            if d.action is Action.GROW and most - d.current >= step:
+                out[i] = d._replace(target=most, limited=Limit.ROOM, landing=roomiest.name, notes=(*d.notes, Why(
+                    "CapacityLimited", "capped by room on other nodes: {node} can take {got:B} (+{overhead:B} "
+                    "overhead), not {want:B}", {"node": roomiest.name, "got": most, "overhead": vm.overhead,
+                                                "want": d.target})))
+                need = most + vm.overhead
+                best = roomiest
+            else:
+                out[i] = _hold(d, Limit.ROOM, Why(
+                    "NoRoom", "no other node has room for {want:B} + {overhead:B} overhead (the most free is "
+                    "{free:B} on {node}); holding at {current:B}", {"want": d.target, "overhead": vm.overhead,
+                                                                    "free": max(free[roomiest.name], 0),
+                                                                    "node": roomiest.name, "current": d.current}))
+                continue
+        if not acts:
+            continue
+        free[best.name] -= need
+        outbound[vm.node] = outbound.get(vm.node, 0) + 1
+        left -= 1
+    return out
