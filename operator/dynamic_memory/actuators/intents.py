@@ -50,7 +50,9 @@ def held_words(vm: VMState, decision: Decision) -> str | None:
     own change, which its `target` and `reason` annotations already explain)."""
     if decision.limited not in HELD_LIMITS or decision.changes or vm.own_change:
         return None
-    return decision.reason
+    # what holds it, without the sizing words: those move with every demand sample, and a hold is
+    # written only when it changes
+    return decision.notes[-1].text() if decision.notes else decision.why.text()
 
 
 def intents(plan: Plan, snapshot: Snapshot, now: float) -> list[Intent]:

@@ -122,8 +122,13 @@ class ControlPlane(Cluster):
         tokens.write_text(f'{ADMIN_TOKEN},e2e-admin,e2e-admin,"system:masters"\n')
         issuer = "https://kubernetes.default.svc.cluster.local"
         audit_policy = workdir / "audit-policy.yaml"  # who called what: the RBAC-usage test reads it
+        # patches of VirtualMachines with their bodies (tests tell a resize from an annotation), the rest
+        # without
         audit_policy.write_text('{"apiVersion": "audit.k8s.io/v1", "kind": "Policy", '
-                                '"omitStages": ["RequestReceived"], "rules": [{"level": "Metadata"}]}')
+                                '"omitStages": ["RequestReceived"], "rules": ['
+                                '{"level": "Request", "verbs": ["patch"], '
+                                '"resources": [{"group": "kubevirt.io", "resources": ["virtualmachines"]}]}, '
+                                '{"level": "Metadata"}]}')
         self.audit_log = workdir / "audit.log"
         # the front-proxy (request header) CA: aggregated API servers such as KubeVirt's virt-api read it
         # from kube-system/extension-apiserver-authentication, and panic at start without it

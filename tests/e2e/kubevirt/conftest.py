@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import pytest
+import yaml
 from kubernetes import client, config
 
 from tests.e2e.conftest import EXISTING, ROOT, Operator, operator_identity
@@ -153,3 +154,31 @@ def vm_story(cp: ControlPlane, name: str, ns: str) -> str:
         f"migrationState {status.get('migrationState')}",
         f"migrations {migrations}",
         cp.kubectl("get", "pods", "-n", ns, "-o", "wide").stdout])
+
+
+def policy(cp: ControlPlane, ns: str, app: str, **spec: object) -> None:
+    body = {"apiVersion": "dynamicmemory.io/v1alpha1", "kind": "DynamicMemoryPolicy",
+            "metadata": {"name": app, "namespace": ns},
+            "spec": {"selector": {"matchLabels": {"app": app}}, "startup": "2Gi", "maximum": "8Gi", "interval": "2s",
+                     **spec}}
+    cp.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(body))
+
+
+def spec_guest(cp: ControlPlane, name: str, ns: str) -> str:
+    return str(get(cp, "vm", name, ns)["spec"]["template"]["spec"]["domain"]["memory"]["guest"])
+
+
+def operator_patches(cp: ControlPlane, ns: str, name: str, *, resizes: bool = False) -> list[dict[str, Any]]:
+    """The operator's PATCH requests on one VM, from the API server's audit log (with `resizes`,
+    only those that change the VM's spec: its annotations alone do not count)."""
+    assert cp.audit_log is not None
+    out = []
+    for line in cp.audit_log.read_text().splitlines():
+        event = json.loads(line)
+        ref = event.get("objectRef") or {}
+        if (event.get("verb") == "patch" and ref.get("resource") == "virtualmachines" and ref.get("name") == name
+                and ref.get("namespace") == ns and event.get("stage") == "ResponseComplete"
+                and "kubevirt-dynamic-memory" in event.get("user", {}).get("username", "")
+                and (not resizes or "spec" in (event.get("requestObject") or {}))):
+            out.append(event)
+    return out

@@ -59,6 +59,10 @@ class HandlerSettings:
     unplug_release: float = 1.0
     """Share of an unplug the guest gives back: below 1, guestCurrent stays above guestRequested."""
     paused: bool = False
+    held_migrations: set[str] = field(default_factory=set)
+    """namespace/name of VMIs whose migrations this handler does not carry on (they stay pending)."""
+    not_migratable: set[str] = field(default_factory=set)
+    """namespace/name of VMIs reported Running without a LiveMigratable condition."""
 
 
 class VirtHandler:
@@ -156,8 +160,9 @@ class VirtHandler:
     def _run(self, vmi: dict[str, Any]) -> None:
         """The domain started: Running, as virt-handler reports it."""
         now = _now()
-        ours = [{"type": t, "status": "True", "lastProbeTime": None, "lastTransitionTime": now}
-                for t in ("Ready", "LiveMigratable")]
+        key = f"{vmi['metadata']['namespace']}/{vmi['metadata']['name']}"
+        kinds = ("Ready",) if key in self.settings.not_migratable else ("Ready", "LiveMigratable")
+        ours = [{"type": t, "status": "True", "lastProbeTime": None, "lastTransitionTime": now} for t in kinds]
         self._patch(vmi, [
             {"op": "add", "path": "/status/phase", "value": "Running"},
             {"op": "add", "path": "/status/conditions", "value": self._conditions(vmi, ("Ready", "LiveMigratable"),
@@ -175,7 +180,8 @@ class VirtHandler:
         state = status.get("migrationState") or {}
         key = f"{meta['namespace']}/{meta['name']}"
         target_pod = pods.get(f"{meta['namespace']}/{state.get('targetPod')}")
-        if not state.get("targetPod") or state.get("completed") or target_pod is None:
+        if not state.get("targetPod") or state.get("completed") or target_pod is None \
+                or key in self.settings.held_migrations:
             return
         target = (target_pod.get("spec") or {}).get("nodeName")
         if (target_pod.get("status") or {}).get("phase") != "Running" or not target:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 
-import yaml
+import pytest
 
 from dynamic_memory.quantity import GIB, parse_quantity
 from tests.e2e.conftest import Operator
@@ -18,39 +18,16 @@ from tests.e2e.kubevirt.conftest import (
     condition,
     get,
     namespace,
+    operator_patches,
+    policy,
     running_vmi,
+    spec_guest,
     vm_manifest,
     vm_story,
     wait_for,
 )
 from tests.e2e.kubevirt.handler import VirtHandler
 from tests.e2e.kubevirt.rig import KubeVirtRig
-
-
-def policy(cp: ControlPlane, ns: str, app: str, **spec: object) -> None:
-    body = {"apiVersion": "dynamicmemory.io/v1alpha1", "kind": "DynamicMemoryPolicy",
-            "metadata": {"name": app, "namespace": ns},
-            "spec": {"selector": {"matchLabels": {"app": app}}, "startup": "2Gi", "maximum": "8Gi", "interval": "2s",
-                     **spec}}
-    cp.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(body))
-
-
-def spec_guest(cp: ControlPlane, name: str, ns: str) -> str:
-    return str(get(cp, "vm", name, ns)["spec"]["template"]["spec"]["domain"]["memory"]["guest"])
-
-
-def operator_patches(cp: ControlPlane, ns: str, name: str) -> list[dict[str, object]]:
-    """The operator's PATCH requests on one VM, from the API server's audit log."""
-    assert cp.audit_log is not None
-    out = []
-    for line in cp.audit_log.read_text().splitlines():
-        event = json.loads(line)
-        ref = event.get("objectRef") or {}
-        if (event.get("verb") == "patch" and ref.get("resource") == "virtualmachines" and ref.get("name") == name
-                and ref.get("namespace") == ns and event.get("stage") == "ResponseComplete"
-                and "kubevirt-dynamic-memory" in event.get("user", {}).get("username", "")):
-            out.append(event)
-    return out
 
 
 def test_virt_api_refuses_a_guest_that_is_not_2mi_aligned(kv_cluster: ControlPlane, kv_rig: KubeVirtRig) -> None:
@@ -78,6 +55,7 @@ def test_a_hand_made_patch_below_the_boot_size_gets_restart_required(
     assert restart["status"] == "True"
 
 
+@pytest.mark.kubevirt_semantics
 def test_a_grow_is_a_migration_to_another_node(kv_cluster: ControlPlane, kv_rig: KubeVirtRig,
                                                virt_handler: VirtHandler, kv_operator: Operator) -> None:
     ns = namespace(kv_cluster, "kv-grow")
@@ -113,7 +91,8 @@ def test_a_grow_is_a_migration_to_another_node(kv_cluster: ControlPlane, kv_rig:
     assert [m["status"]["phase"] for m in done] == ["Succeeded"]
 
 
-def test_with_no_other_node_to_land_on_the_target_pod_waits_and_patches_do_not_pile_up(
+@pytest.mark.kubevirt_semantics
+def test_a_vm_pinned_to_its_node_is_held_with_its_reason_and_never_patched(
         kv_cluster: ControlPlane, kv_rig: KubeVirtRig, virt_handler: VirtHandler, kv_operator: Operator) -> None:
     ns = namespace(kv_cluster, "kv-pinned")
     policy(kv_cluster, ns, "pinned")
@@ -124,25 +103,17 @@ def test_with_no_other_node_to_land_on_the_target_pod_waits_and_patches_do_not_p
     apply(kv_cluster, pinned)
     running_vmi(kv_cluster, "pinned", ns)
     virt_handler.set_demand(ns, "pinned", 3 * GIB)
-    wait_for("the operator's patch", lambda: spec_guest(kv_cluster, "pinned", ns) != "2Gi", 60)
-
-    def pending_target() -> dict[str, object] | None:
-        pods = json.loads(kv_cluster.kubectl("get", "pods", "-n", ns, "-l", "kubevirt.io/migrationJobUID",
-                                             "-o", "json").stdout)["items"]
-        for pod in pods:
-            scheduled = next((c for c in pod.get("status", {}).get("conditions", [])
-                              if c["type"] == "PodScheduled"), None)
-            if scheduled and scheduled["status"] == "False" and scheduled.get("reason") == "Unschedulable":
-                return dict(pod)
-        return None
-    pod = wait_for("the migration's target pod refused by the scheduler", pending_target, 60)
-    assert "didn't match pod anti-affinity rules" in str(pod["status"]) or \
-        "didn't match Pod's node affinity/selector" in str(pod["status"]), pod["status"]
-    time.sleep(20)  # ten of the policy's intervals, with the guest still short of memory
-    assert len(operator_patches(kv_cluster, ns, "pinned")) == 1
-    vmi = get(kv_cluster, "vmi", "pinned", ns)
-    assert vmi["status"]["nodeName"] == "kv-node-1" and vmi["status"]["memory"]["guestCurrent"] == "2Gi"
-    assert condition(vmi, "HotMemoryChange") is not None
+    held = wait_for("the operator's word on the VM", lambda: get(kv_cluster, "vm", "pinned", ns)["metadata"].get(
+        "annotations", {}).get("dynamicmemory.io/held"), 60, detail=lambda: vm_story(kv_cluster, "pinned", ns))
+    assert "no other node it may run on" in held, held
+    capacity = wait_for("CapacityLimited on the policy", lambda: (c := condition(get(
+        kv_cluster, "dmp", "pinned", ns), "CapacityLimited")) and c["status"] == "True" and c, 30)
+    assert capacity["reason"] == "NoLanding" and f"{ns}/pinned" in capacity["message"]
+    time.sleep(10)  # five of the policy's intervals, with the guest still short of memory
+    assert operator_patches(kv_cluster, ns, "pinned", resizes=True) == []
+    assert len(operator_patches(kv_cluster, ns, "pinned")) == 1  # the hold, written once
+    assert spec_guest(kv_cluster, "pinned", ns) == "2Gi"
+    assert json.loads(kv_cluster.kubectl("get", "vmim", "-n", ns, "-o", "json").stdout)["items"] == []
 
 
 def test_recommend_mode_on_real_kubevirt_changes_nothing(kv_cluster: ControlPlane, kv_rig: KubeVirtRig,
