@@ -37,8 +37,8 @@ from dynamic_memory.sources.prometheus import (
     queries,
     seed_queries,
 )
+from tests.e2e.guest_metrics import GuestMetrics
 from tests.e2e.prometheus import Prometheus, free_port
-from tests.e2e.standin.metrics import GuestMetrics
 
 NAMESPACES = 20
 HISTORY_S = 8 * 3600

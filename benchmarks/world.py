@@ -1,6 +1,7 @@
-"""The e2e control plane for the benchmarks that need one: the tests' own harness (real
-kube-apiserver and etcd, Debian's Prometheus, the KubeVirt stand-in, the operator under
-deploy/'s RBAC), started as plain objects rather than pytest fixtures."""
+"""The e2e cluster for the benchmarks that need one: the tests' own harness (real kube-apiserver
+and etcd, KubeVirt v1.8.0's virt-api and virt-controller, kube-scheduler, kwok's nodes, our
+virt-handler, Debian's Prometheus, the operator under deploy/'s RBAC), started as plain objects
+rather than pytest fixtures."""
 
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ from typing import Any, cast
 import urllib3
 from kubernetes import client, config
 
-from tests.e2e.conftest import OPERATOR_NS, ROOT, STANDIN_CRDS, Operator, operator_identity
+from tests.e2e.conftest import OPERATOR_NS, ROOT, Operator, operator_identity
 from tests.e2e.controlplane.cluster import ControlPlane
-from tests.e2e.kube import add_node
+from tests.e2e.guest_metrics import GuestMetrics
+from tests.e2e.kubevirt.conftest import get, namespace, policy, vm_manifest
+from tests.e2e.kubevirt.handler import VirtHandler
+from tests.e2e.kubevirt.rig import KubeVirtRig
 from tests.e2e.prometheus import Prometheus, free_port
-from tests.e2e.standin.controller import KubeVirtStandIn
-from tests.e2e.standin.metrics import GuestMetrics
-from tests.e2e.test_operator_e2e import apply_policy
 
 urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # the loopback API server's self-signed cert
 
@@ -38,7 +39,8 @@ class World:
     api: client.ApiClient
     metrics: GuestMetrics
     prometheus: Prometheus
-    kubevirt: KubeVirtStandIn
+    rig: KubeVirtRig
+    handler: VirtHandler
     kubeconfig: Path
     operators: list[Operator] = field(default_factory=list)
 
@@ -49,14 +51,30 @@ class World:
         return op
 
     def add_nodes(self, prefix: str, count: int, memory: str) -> None:
-        """`count` nodes of `memory` allocatable, room for 500 pods each."""
+        """`count` kwok nodes of `memory` allocatable."""
         for i in range(count):
-            add_node(self.api, f"{prefix}-{i}", memory, pods="500")
+            self.rig.add_node(f"{prefix}-{i}", memory)
 
     def policy(self, ns: str, interval: str, **spec: Any) -> None:
-        """A namespace and its DynamicMemoryPolicy selecting app=db."""
-        self.cp.ensure_namespace(ns)
-        apply_policy(self.cp, ns, "dmp", interval=interval, **spec)
+        """A namespace and its DynamicMemoryPolicy `db`, selecting app=db (maximum 8Gi)."""
+        namespace(self.cp, ns)
+        policy(self.cp, ns, "db", interval=interval, **spec)
+
+    def vms(self, ns: str, names: list[str], demand: int) -> None:
+        """VMs of app=db (2Gi, maxGuest 8Gi) whose guests want `demand`, created in one request."""
+        for name in names:
+            self.handler.set_demand(ns, name, demand)
+        self.cp.kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+            vm_manifest(name, ns, labels={"app": "db"}) for name in names]}))
+
+    def running(self) -> int:
+        """VMIs that our virt-handler has reported Running."""
+        items = json.loads(self.cp.kubectl("get", "vmi", "-A", "-o", "json").stdout)["items"]
+        return sum(1 for vmi in items if (vmi.get("status") or {}).get("phase") == "Running")
+
+    def status(self, ns: str) -> dict[str, Any]:
+        """The policy's status."""
+        return dict(get(self.cp, "dmp", "db", ns).get("status") or {})
 
     def audit(self, since: float, user: str = OPERATOR_USER) -> list[dict[str, Any]]:
         """The API server's audit events of `user` completed after `since` (Unix seconds)."""
@@ -96,18 +114,20 @@ def world(workdir: Path, scrape_s: float = 1.0) -> Iterator[World]:
     cp = ControlPlane(workdir / "cp")
     stack: list[Callable[[], None]] = [cp.stop]
     try:
-        cp.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"), "-f", str(STANDIN_CRDS))
+        cp.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
         cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
         api = cast(client.ApiClient, config.new_client_from_config(  # type: ignore[no-untyped-call]
             config_file=str(cp.kubeconfig)))
+        rig = KubeVirtRig(cp, workdir / "kubevirt")
+        stack.append(rig.stop)
         metrics = GuestMetrics()
         metrics.serve(free_port())
         prom = Prometheus(workdir, [f"127.0.0.1:{metrics.port}"], scrape_s=scrape_s)
         stack.append(prom.stop)
-        kubevirt = KubeVirtStandIn(api, metrics)
-        stack.append(kubevirt.stop)
+        handler = VirtHandler(api, rig.handler_kubeconfig, metrics)
+        stack.append(handler.stop)
         kubeconfig = operator_identity(cp, workdir / "operator.kubeconfig")
-        w = World(workdir, cp, api, metrics, prom, kubevirt, kubeconfig)
+        w = World(workdir, cp, api, metrics, prom, rig, handler, kubeconfig)
         stack.append(lambda: _stop_all(w.operators))
         yield w
     finally:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.guest_metrics import GuestMetrics
 from tests.e2e.prometheus import Prometheus, free_port
-from tests.e2e.standin.metrics import GuestMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TRACE = ROOT.parent / "shared" / "traces" / "bitbrains-rnd-2013-07.csv.gz"

@@ -254,7 +254,8 @@ class PolicySpec(_Strict):
             scale_down=ScaleRules(parse_duration(down.stabilizationWindow), parse_quantity(down.minStep),
                                   down.minStepPercent, down.maxPerHour),
             min_history_s=parse_duration(down.minHistory),
-            mode=Mode(self.mode))
+            mode=Mode(self.mode),
+            settle_s=parse_duration(self.metrics.staleAfter) / 2)
 
 
 class Condition(BaseModel):

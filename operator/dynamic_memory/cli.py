@@ -287,8 +287,7 @@ def cmd_run(args: argparse.Namespace) -> int:
              "DM_PROMETHEUS_CA_FILE": args.prometheus_ca_file,
              "DM_PROMETHEUS_INSECURE": "true" if args.prometheus_insecure else None,
              "DM_NODE_RESERVE": args.node_reserve, "DM_MAX_IN_FLIGHT": args.max_in_flight,
-             "DM_METRICS_PORT": args.metrics_port, "DM_MODE_CAP": args.mode_cap,
-             "DM_TICK_SECONDS": args.tick_seconds}
+             "DM_METRICS_PORT": args.metrics_port, "DM_MODE_CAP": args.mode_cap}
     os.environ.update({k: str(v) for k, v in flags.items() if v is not None})
     OperatorConfig.from_env()  # every setting checked now: a bad one cannot fix itself by retrying
     try:
@@ -378,8 +377,6 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="Kopf's liveness endpoint")
     o.add_argument("--mode-cap", choices=["Off", "Recommend", "Auto"],
                    help="the most any policy may do; Recommend makes the operator report-only (default Auto)")
-    o.add_argument("--tick-seconds",
-                   help="how often policies are checked for being due (0.1 to 3600, default 1)")
     o.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     o.set_defaults(func=cmd_run)
     return p

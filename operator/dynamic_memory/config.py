@@ -22,8 +22,6 @@ class OperatorConfig:
     max_in_flight: int = 2
     """Resizes under way cluster-wide at most: KubeVirt live-migrates each one."""
     metrics_port: int = 8000
-    tick_s: float = 1.0
-    """How often each policy's timer wakes to see whether its own interval is due."""
     mode_cap: str = "Auto"
     """The most any policy may do: Recommend makes the whole operator report-only (try it first)."""
 
@@ -86,6 +84,5 @@ class OperatorConfig:
             node_reserve=node_reserve,
             max_in_flight=int(number("DM_MAX_IN_FLIGHT", d.max_in_flight, int, 1, 1000)),
             metrics_port=int(number("DM_METRICS_PORT", d.metrics_port, int, 0, 65535)),
-            tick_s=number("DM_TICK_SECONDS", d.tick_s, float, 0.1, 3600),
             mode_cap=mode_cap,
         )

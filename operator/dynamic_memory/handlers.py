@@ -182,7 +182,12 @@ def policy_index(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) ->
     return {f"{namespace}/{name}": dict(spec)}
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=float(os.environ.get("DM_TICK_SECONDS", "1")), initial_delay=1.0)
+TICK_S = 1.0
+"""How often each policy's timer wakes to see whether its own interval is due: a due pass starts
+within a second (policies' intervals are whole seconds, at least 1 s)."""
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_S, initial_delay=1.0)
 async def reconcile(spec: kopf.Spec, body: kopf.Body, meta: kopf.Meta, name: str, namespace: str | None,
                     patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
     """Run a pass over all policies when this policy's interval is due; write this policy's status."""
@@ -233,8 +238,8 @@ def _status(key: str, result: PolicyPass, state: PassState, conditions: list[dic
     reason, message = state.metrics.get(key, ("NoPassYet", "no pass yet"))
     conditions = set_condition(conditions, METRICS_AVAILABLE, reason == "Queried", reason, message, generation, now)
     limited = [d for d in result.decisions if d.limited in (Limit.ROOM, Limit.LANDING)]
-    conditions = set_condition(conditions, CAPACITY_LIMITED, bool(limited),
-                               "NoLanding" if limited else "Fits",
+    reason = ("NoRoom" if any(d.limited is Limit.ROOM for d in limited) else "NoLanding") if limited else "Fits"
+    conditions = set_condition(conditions, CAPACITY_LIMITED, bool(limited), reason,
                                "; ".join(f"{d.key}: {d.notes[-1].text()}" for d in limited[:10] if d.notes)
                                or "every change has a node to migrate to", generation, now)
     shapes = [(d.key, d.why.text()) for d, e in zip(result.decisions, result.entries, strict=True)

@@ -112,6 +112,10 @@ class PolicyParams:
     """A VM is first shrunk once its metrics span this long (or the whole scale-down window if shorter)."""
     alignment: int = KUBEVIRT_BLOCK
     mode: Mode = Mode.AUTO
+    settle_s: float = 60.0
+    """After a resize completes, a guest's metrics take up to a scrape interval to show its new size:
+    pressure sampled in that time is from before the resize (half of metrics.staleAfter, which is
+    at least twice the scrape interval)."""
 
 
 class Toleration(NamedTuple):
@@ -214,6 +218,8 @@ class VMState:
     (KubeVirt does not guarantee a full unplug). Reported; it does not block the next change."""
     placement: Placement | None = None
     """Where its pods may run (from its virt-launcher pod); None: any node."""
+    changed_at: float | None = None
+    """When its last migration (its last resize) completed: VMI status.migrationState.endTimestamp."""
 
 
 @dataclass(frozen=True, slots=True)

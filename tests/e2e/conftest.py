@@ -1,5 +1,6 @@
-"""The end-to-end tier: a real control plane, the KubeVirt stand-in, and the operator as its own
-process with the identity of the ServiceAccount bound to the RBAC in deploy/."""
+"""The end-to-end tier: a real control plane, and the operator as its own process with the identity
+of the ServiceAccount bound to the RBAC in deploy/. KubeVirt's own controllers run in
+tests/e2e/kubevirt/ (their fixtures are there)."""
 
 from __future__ import annotations
 
@@ -15,19 +16,15 @@ import pytest
 from kubernetes import client, config
 
 from tests.e2e.controlplane.cluster import Cluster, ControlPlane, ExistingCluster
-from tests.e2e.kube import add_node
-from tests.e2e.prometheus import Prometheus, end_process, free_port, metric_sum
-from tests.e2e.standin.controller import KubeVirtStandIn
-from tests.e2e.standin.metrics import GuestMetrics
+from tests.e2e.prometheus import end_process, free_port, metric_sum
 
 ROOT = Path(__file__).resolve().parents[2]
-STANDIN_CRDS = Path(__file__).resolve().parent / "standin" / "crds.yaml"
 OPERATOR_NS = "kubevirt-dynamic-memory"
 
 
 EXISTING = os.environ.get("DM_E2E_KUBECONFIG")
 """Run the e2e tier against this cluster (kind with real KubeVirt, say) instead of our own control
-plane; the tests that drive guests through the KubeVirt stand-in are then skipped."""
+plane; the tests that drive guests through our virt-handler are then skipped."""
 
 
 @pytest.fixture(scope="session")
@@ -51,22 +48,6 @@ def admin_api(control_plane: Cluster) -> client.ApiClient:
 
 
 @pytest.fixture(scope="session")
-def kubevirt(control_plane: Cluster, admin_api: client.ApiClient,
-             guest_metrics: GuestMetrics) -> Iterator[KubeVirtStandIn]:
-    """KubeVirt's CRDs, two nodes of 32Gi allocatable, and the stand-in playing KubeVirt."""
-    if EXISTING:
-        pytest.skip("drives guests through the KubeVirt stand-in; on a real cluster demand lives inside the VMs")
-    control_plane.kubectl("apply", "--server-side", "-f", str(STANDIN_CRDS))
-    for crd in ("virtualmachines", "virtualmachineinstances", "virtualmachineinstancemigrations"):
-        control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}.kubevirt.io")
-    for node in ("node-1", "node-2"):
-        add_node(admin_api, node, "32Gi", "33Gi")
-    standin = KubeVirtStandIn(admin_api, guest_metrics)
-    yield standin
-    standin.stop()
-
-
-@pytest.fixture(scope="session")
 def operator_kubeconfig(control_plane: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """See `operator_identity`."""
     return operator_identity(control_plane, tmp_path_factory.mktemp("operator") / "kubeconfig")
@@ -86,7 +67,7 @@ class Operator:
     def __init__(self, kubeconfig: Path, prometheus_url: str, log: Path) -> None:
         self.log_path = log
         self.liveness, self.metrics_port = free_port(), free_port()
-        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "DM_TICK_SECONDS": "1", "PYTHONUNBUFFERED": "1"}
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
         self.argv = [sys.executable, "-m", "dynamic_memory", "run", "--prometheus-url", prometheus_url,
                      "--metrics-port", str(self.metrics_port),
                      "--liveness", f"http://127.0.0.1:{self.liveness}/healthz", "--max-in-flight", "4"]
@@ -115,12 +96,3 @@ class Operator:
 
     def stop(self) -> None:
         end_process(self.process, 15)
-
-
-@pytest.fixture(scope="session")
-def operator(operator_kubeconfig: Path, prometheus: Prometheus, kubevirt: KubeVirtStandIn,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    """The operator, running under exactly deploy/'s RBAC."""
-    op = Operator(operator_kubeconfig, prometheus.url, tmp_path_factory.mktemp("operator-log") / "operator.log")
-    yield op
-    op.stop()

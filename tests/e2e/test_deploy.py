@@ -69,3 +69,17 @@ def test_the_operator_pod_passes_restricted_and_a_weaker_one_does_not(control_pl
     assert refused.returncode != 0
     assert 'violates PodSecurity "restricted:latest"' in refused.stderr
     assert "allowPrivilegeEscalation != false" in refused.stderr and "seccompProfile" in refused.stderr
+
+
+def test_the_operator_cannot_do_what_its_role_does_not_allow(control_plane: Cluster,
+                                                             operator_kubeconfig: Any) -> None:
+    # resources every cluster has (KubeVirt's may not be installed where DM_E2E_KUBECONFIG points)
+    refused = control_plane.kubectl("create", "configmap", "probe", "-n", "default", "--from-literal=a=b",
+                                    kubeconfig=operator_kubeconfig, check=False)
+    assert refused.returncode != 0 and "forbidden" in refused.stderr, refused.stderr
+    secrets = control_plane.kubectl("get", "secrets", "-A", kubeconfig=operator_kubeconfig, check=False)
+    assert secrets.returncode != 0 and "forbidden" in secrets.stderr
+    for verb, resource in (("patch", "dynamicmemorypolicies.dynamicmemory.io"), ("watch", "nodes")):
+        allowed = control_plane.kubectl("auth", "can-i", verb, resource, "-A", kubeconfig=operator_kubeconfig,
+                                        check=False)
+        assert allowed.stdout.strip() == "yes", (verb, resource)

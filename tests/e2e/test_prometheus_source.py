@@ -18,8 +18,8 @@ from dynamic_memory.sources.prometheus import (
     pass_queries,
     seed_queries,
 )
+from tests.e2e.guest_metrics import GuestMetrics
 from tests.e2e.prometheus import Prometheus, free_port
-from tests.e2e.standin.metrics import GuestMetrics
 
 SPEC = SignalSpec(up_window_s=0, down_window_s=30, down_quantile=1.0, min_history_s=5)
 

@@ -18,8 +18,8 @@ import pytest
 from kopf.testing import KopfRunner
 
 from dynamic_memory.quantity import GIB, parse_quantity
+from tests.e2e.guest_metrics import GuestMetrics
 from tests.e2e.prometheus import Prometheus, free_port
-from tests.e2e.standin.metrics import GuestMetrics
 
 HANDLERS = Path(__file__).resolve().parents[2] / "operator" / "dynamic_memory" / "handlers.py"
 LOGIN = Path(__file__).resolve().parent / "login.py"
@@ -50,7 +50,6 @@ contexts: [{{name: self, context: {{cluster: self}}}}]
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setenv("DM_TEST_API_URL", str(kmock.url))
     monkeypatch.setenv("DM_METRICS_PORT", "0")
-    monkeypatch.setenv("DM_TICK_SECONDS", "1")
     for node in ("node-1", "node-2"):  # every resize migrates the VM to another node
         kmock.objects["v1/nodes", None, node] = {
             "metadata": {"name": node, "uid": node, "resourceVersion": "1"},

@@ -132,3 +132,14 @@ def test_live_bounds_meet_kubevirt() -> None:
 @pytest.mark.parametrize(("value", "expected"), [(3 * GIB + 1, 3 * GIB + 2 * MIB), (0, GIB), (99 * GIB, 16 * GIB)])
 def test_fit(value: int, expected: int) -> None:
     assert fit(value, GIB, 16 * GIB, 2 * MIB) == expected
+
+
+def test_pressure_sampled_before_the_last_resize_completed_is_not_believed() -> None:
+    # 3.2Gi since a resize 5 s ago; the newest sample still shows the 2Gi guest paging
+    signal = DemandSignal(gib(2), gib(2.5), True, pressure=True)
+    just_resized = VMState("ns/vm", "node", gib(3.2), gib(2), gib(16), grows_last_hour=1, last_grow=NOW - 20,
+                           changed_at=NOW - 5)
+    assert decide(just_resized, signal, PARAMS, NOW).action is Action.HOLD
+    settled = VMState("ns/vm", "node", gib(3.2), gib(2), gib(16), grows_last_hour=1, last_grow=NOW - 120,
+                      changed_at=NOW - PARAMS.settle_s - 1)
+    assert decide(settled, signal, PARAMS, NOW).action is Action.GROW

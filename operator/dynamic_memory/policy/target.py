@@ -107,6 +107,8 @@ def decide(vm: VMState, signal: DemandSignal, params: PolicyParams, now: float) 
     """One VM's target for now, with the reason."""
     floor, ceiling = live_bounds(vm, params)
     current = vm.assigned
+    if signal.pressure and vm.changed_at is not None and now - vm.changed_at < params.settle_s:
+        signal = replace(signal, pressure=False)  # sampled before the resize it just had
     latest, peak = demand_with_pressure(signal, current)
     if vm.blocked is not None:  # its demand is still known: the status shows it
         b = vm.blocked

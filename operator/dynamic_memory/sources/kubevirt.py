@@ -194,6 +194,9 @@ def vm_state(vm: Obj, vmi: Obj, now: float, *, pod_request: int | None = None,
         overhead = _quantity(memory.get("memoryOverhead")) or 0
     grows, shrinks = recent_resizes(annotations, now)
     hugepages = _get(vmi, "spec", "domain", "memory", "hugepages", "pageSize")
+    migration = _get(vmi, "status", "migrationState") or {}
+    ended = parse_time(migration.get("endTimestamp")) if migration.get("completed") and not migration.get(
+        "failed") else None
     return VMState(
         key=key_of(vm),
         node=_get(vmi, "status", "nodeName") or "",
@@ -210,6 +213,7 @@ def vm_state(vm: Obj, vmi: Obj, now: float, *, pod_request: int | None = None,
         alignment=HUGEPAGES_1GI_BLOCK if hugepages == "1Gi" else KUBEVIRT_BLOCK,
         unplug_gap=max(current - requested, 0),
         placement=placement,
+        changed_at=ended,
     )
 
 

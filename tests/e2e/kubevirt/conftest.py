@@ -16,10 +16,10 @@ from kubernetes import client, config
 
 from tests.e2e.conftest import EXISTING, ROOT, Operator, operator_identity
 from tests.e2e.controlplane.cluster import ControlPlane
+from tests.e2e.guest_metrics import GuestMetrics
 from tests.e2e.kubevirt.handler import VirtHandler
 from tests.e2e.kubevirt.rig import KubeVirtRig
 from tests.e2e.prometheus import Prometheus
-from tests.e2e.standin.metrics import GuestMetrics
 
 NODES = ("kv-node-1", "kv-node-2", "kv-node-3")
 NODE_MEMORY = "16Gi"

@@ -28,7 +28,7 @@ from typing import Any, cast
 from kubernetes import client, config
 
 from dynamic_memory.quantity import GIB, MIB, parse_quantity, to_quantity
-from tests.e2e.standin.metrics import GuestMetrics
+from tests.e2e.guest_metrics import GuestMetrics
 
 log = logging.getLogger("virt-handler")
 KUBEVIRT = ("kubevirt.io", "v1")

@@ -1,8 +1,9 @@
 """The operator's ClusterRole holds nothing it does not use: every (group, resource, verb) the chart
 grants appears in the API server's audit log as a call by the operator's ServiceAccount.
 
-The operator tests before this file exercise it; this test also drives what it needs on its own
-(a policy, a VM short of memory, so a patch, a status write and an Event)."""
+Runs on KubeVirt's own controllers (so KubeVirt's resources, the KubeVirt CR and migrations among
+them, are there to be watched), and drives what it needs on its own: a policy, a VM short of
+memory, so a patch, a status write and an Event."""
 
 from __future__ import annotations
 
@@ -10,17 +11,16 @@ import json
 import time
 from pathlib import Path
 
-import pytest
 import yaml
-from kubernetes import client
 
 from dynamic_memory.quantity import GIB
 from tests.e2e.conftest import Operator
-from tests.e2e.controlplane.cluster import Cluster
-from tests.e2e.standin.controller import KubeVirtStandIn
-from tests.e2e.test_operator_e2e import create_vm, guest, setup_namespace, vm, wait
+from tests.e2e.controlplane.cluster import ControlPlane
+from tests.e2e.kubevirt.conftest import apply, namespace, policy, spec_guest, vm_manifest, vm_story, wait_for
+from tests.e2e.kubevirt.handler import VirtHandler
+from tests.e2e.kubevirt.rig import KubeVirtRig
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ACCOUNT = "system:serviceaccount:kubevirt-dynamic-memory:kubevirt-dynamic-memory"
 
 
@@ -43,15 +43,15 @@ def used(audit_log: Path) -> set[tuple[str, str, str]]:
     return out
 
 
-def test_every_granted_permission_is_used(control_plane: Cluster, admin_api: client.ApiClient,
-                                          kubevirt: KubeVirtStandIn, operator: Operator) -> None:
-    if control_plane.audit_log is None:
-        pytest.skip("needs the API server's audit log (our control plane keeps one)")
-    ns = "rbac"
-    setup_namespace(control_plane, ns)
-    kubevirt.set_demand(f"{ns}/db", 3 * GIB)
-    create_vm(admin_api, ns, "db")
-    wait(lambda: guest(vm(admin_api, ns, "db")) > 2 * GIB, what="a resize by the operator")
+def test_every_granted_permission_is_used(kv_cluster: ControlPlane, kv_rig: KubeVirtRig, virt_handler: VirtHandler,
+                                          kv_operator: Operator) -> None:
+    assert kv_cluster.audit_log is not None
+    ns = namespace(kv_cluster, "rbac")
+    policy(kv_cluster, ns, "rbac")
+    virt_handler.set_demand(ns, "db", 3 * GIB)
+    apply(kv_cluster, vm_manifest("db", ns, labels={"app": "rbac"}))
+    wait_for("a resize by the operator", lambda: spec_guest(kv_cluster, "db", ns) != "2Gi", 120,
+             detail=lambda: vm_story(kv_cluster, "db", ns))
     time.sleep(2)  # the audit backend writes in batches
-    unused = granted() - used(control_plane.audit_log)
+    unused = granted() - used(kv_cluster.audit_log)
     assert not unused, f"granted but never used by the operator: {sorted(unused)}"
