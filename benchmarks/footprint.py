@@ -19,7 +19,7 @@ from typing import Any
 
 from benchmarks.common import median, say
 from benchmarks.world import World, wait, world
-from dynamic_memory.quantity import GIB, MIB
+from tests.e2e.units import GIB, MIB
 
 VMS, NAMESPACES, INTERVAL_S, CHANGED = 1000, 10, 10.0, 10
 SAMPLE = re.compile(r'^apiserver_request_total\{(.*)\} ([0-9.e+]+)$')

@@ -14,8 +14,8 @@ from typing import Any
 
 from benchmarks.common import median, percentile, say
 from benchmarks.world import World, wait, world
-from dynamic_memory.quantity import GIB
 from tests.e2e.kubevirt.conftest import spec_guest
+from tests.e2e.units import GIB
 
 SCRAPE_S = 1.0
 INTERVAL_S = 2.0

@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from dynamic_memory.quantity import MIB
+from tests.e2e.units import MIB
 
 LABELS = ["name", "namespace", "node"]
 LABEL_PREFIX = "kubernetes_vmi_label_"

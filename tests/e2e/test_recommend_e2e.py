@@ -12,9 +12,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from dynamic_memory.quantity import GIB
 from tests.e2e.guest_metrics import GuestMetrics
 from tests.e2e.prometheus import Prometheus, free_port
+from tests.e2e.units import GIB
 
 POLICY = textwrap.dedent("""\
     apiVersion: dynamicmemory.io/v1alpha1

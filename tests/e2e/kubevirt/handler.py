@@ -27,8 +27,8 @@ from typing import Any, cast
 
 from kubernetes import client, config
 
-from dynamic_memory.quantity import GIB, MIB, parse_quantity, to_quantity
 from tests.e2e.guest_metrics import GuestMetrics
+from tests.e2e.units import GIB, MIB, parse_quantity, to_quantity
 
 log = logging.getLogger("virt-handler")
 KUBEVIRT = ("kubevirt.io", "v1")

@@ -10,7 +10,6 @@ from typing import Any
 
 from kubernetes import client
 
-from dynamic_memory.quantity import GIB
 from tests.e2e.conftest import Operator
 from tests.e2e.controlplane.cluster import ControlPlane
 from tests.e2e.kube import custom
@@ -29,6 +28,7 @@ from tests.e2e.kubevirt.conftest import (
 from tests.e2e.kubevirt.handler import VirtHandler
 from tests.e2e.kubevirt.rig import KubeVirtRig
 from tests.e2e.prometheus import Prometheus
+from tests.e2e.units import GIB
 
 
 def started_vm(cp: ControlPlane, handler: VirtHandler, ns: str, app: str, **spec: object) -> None:

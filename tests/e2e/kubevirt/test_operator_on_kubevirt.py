@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from dynamic_memory.quantity import GIB, parse_quantity
 from tests.e2e.conftest import Operator
 from tests.e2e.controlplane.cluster import ControlPlane
 from tests.e2e.kubevirt.conftest import (
@@ -28,6 +27,7 @@ from tests.e2e.kubevirt.conftest import (
 )
 from tests.e2e.kubevirt.handler import VirtHandler
 from tests.e2e.kubevirt.rig import KubeVirtRig
+from tests.e2e.units import GIB, parse_quantity
 
 
 def events(cp: ControlPlane, ns: str, name: str) -> list[dict[str, Any]]:

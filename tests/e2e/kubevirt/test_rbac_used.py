@@ -13,12 +13,12 @@ from pathlib import Path
 
 import yaml
 
-from dynamic_memory.quantity import GIB
 from tests.e2e.conftest import Operator
 from tests.e2e.controlplane.cluster import ControlPlane
 from tests.e2e.kubevirt.conftest import apply, namespace, policy, spec_guest, vm_manifest, vm_story, wait_for
 from tests.e2e.kubevirt.handler import VirtHandler
 from tests.e2e.kubevirt.rig import KubeVirtRig
+from tests.e2e.units import GIB
 
 ROOT = Path(__file__).resolve().parents[3]
 ACCOUNT = "system:serviceaccount:kubevirt-dynamic-memory:kubevirt-dynamic-memory"

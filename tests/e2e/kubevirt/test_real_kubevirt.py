@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from dynamic_memory.quantity import GIB, parse_quantity
 from tests.e2e.conftest import Operator
 from tests.e2e.controlplane.cluster import ControlPlane
 from tests.e2e.kubevirt.conftest import (
@@ -28,6 +27,7 @@ from tests.e2e.kubevirt.conftest import (
 )
 from tests.e2e.kubevirt.handler import VirtHandler
 from tests.e2e.kubevirt.rig import KubeVirtRig
+from tests.e2e.units import GIB, parse_quantity
 
 
 def test_virt_api_refuses_a_guest_that_is_not_2mi_aligned(kv_cluster: ControlPlane, kv_rig: KubeVirtRig) -> None:

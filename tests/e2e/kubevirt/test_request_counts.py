@@ -9,13 +9,13 @@ import time
 import urllib.request
 from datetime import datetime
 
-from dynamic_memory.quantity import GIB
 from tests.e2e.conftest import Operator
 from tests.e2e.controlplane.cluster import ControlPlane
 from tests.e2e.kubevirt.conftest import condition, get, namespace, policy, vm_manifest, wait_for
 from tests.e2e.kubevirt.handler import VirtHandler
 from tests.e2e.kubevirt.rig import KubeVirtRig
 from tests.e2e.prometheus import Prometheus, metric_sum
+from tests.e2e.units import GIB
 
 VMS = 200
 QUERIES_PER_PASS = 3
