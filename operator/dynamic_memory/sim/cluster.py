@@ -102,7 +102,9 @@ class Timeline:
     demand: dict[str, list[int]] = field(default_factory=dict)
     assigned: dict[str, list[int]] = field(default_factory=dict)
     node_used: dict[str, list[int]] = field(default_factory=dict)
-    """Requests of our VMs' pods (guest + overhead) on each node."""
+    """Requests of our VMs' pods (guest + overhead) on each node, migration target pods included."""
+    node_of: dict[str, list[str]] = field(default_factory=dict)
+    """The node each VM runs on, step by step (every resize moves it)."""
     node_capacity: dict[str, list[int]] = field(default_factory=dict)
     """allocatable − reserve − other pods."""
 
@@ -221,6 +223,7 @@ def simulate(policy: Policy, nodes: Sequence[SimNode], vms: Sequence[SimVM], *, 
     for live in lives:
         tl.demand[live.vm.name] = []
         tl.assigned[live.vm.name] = []
+        tl.node_of[live.vm.name] = []
     for node in nodes:
         tl.node_used[node.name] = []
         tl.node_capacity[node.name] = []
@@ -277,6 +280,7 @@ def simulate(policy: Policy, nodes: Sequence[SimNode], vms: Sequence[SimVM], *, 
             demand = live.vm.demand(now)
             tl.demand[live.vm.name].append(demand)
             tl.assigned[live.vm.name].append(live.assigned)
+            tl.node_of[live.vm.name].append(live.node)
             live.history.push(now, demand)
         free = _free(lives, capacity)
         for n in capacity:

@@ -22,9 +22,10 @@ from dynamic_memory.sim.scenarios import Scenario
 
 MAX_VMS_SHOWN = 8
 SHORT = "#d62728"
-CAPTION = ("Dashed: demand; solid: assigned guest memory; dotted: room = the node's allocatable memory − its reserve − "
-           "other pods' requests, the most that its VMs' pods may hold.\nRed: moments a VM's demand exceeded its "
-           "assigned memory (short of memory: the guest pages or swaps). One y scale for every panel.")
+CAPTION = ("Per VM: dashed demand, solid assigned guest memory. Per node: solid the requests of its VMs' pods "
+           "(guest + overhead, migration target pods included; every resize moves a VM to another node), dashed the "
+           "demand of the VMs on it;\ndotted room = the node's allocatable memory − reserve − other pods' requests. "
+           "Red: moments a VM's demand exceeded its assigned memory (it pages or swaps). One y scale for every panel.")
 
 
 def _short_steps(tl: Timeline, vms: Sequence[str]) -> list[bool]:
@@ -70,13 +71,11 @@ def _per_vm(ax: Axes, scenario: Scenario, result: SimResult, hours: Sequence[flo
 def _per_node(ax: Axes, scenario: Scenario, result: SimResult, hours: Sequence[float], top: float) -> None:
     tl = result.timeline
     nodes = list(tl.node_used)
-    members = {n: [vm.name for vm in scenario.vms if vm.node == n] for n in nodes}
     color = {n: f"C{j}" for j, n in enumerate(nodes)}
-    for kind, values, style in (("assigned", tl.assigned, {"lw": 2.2, "alpha": 0.75}),
-                                ("demand", tl.demand, {"lw": 0.9, "linestyle": "--"}),
-                                ("room", None, {"lw": 1.6, "linestyle": ":"})):
-        series = {n: list(tl.node_capacity[n]) if values is None else _node_total(tl, members[n], values)
-                  for n in nodes}
+    for kind, values, style in (("pods", tl.node_used, {"lw": 2.2, "alpha": 0.75}),
+                                ("demand", None, {"lw": 0.9, "linestyle": "--"}),
+                                ("room", tl.node_capacity, {"lw": 1.6, "linestyle": ":"})):
+        series = {n: list(values[n]) if values is not None else _node_total(tl, n, tl.demand) for n in nodes}
         for group, ys in _grouped(series):
             shade = color[group[0]] if len(group) == 1 else "dimgray"
             same = " (the same on each)" if len(group) > 1 else ""
@@ -92,16 +91,16 @@ def _per_node(ax: Axes, scenario: Scenario, result: SimResult, hours: Sequence[f
                  f"time{over_words}", fontsize=10, loc="left")
 
 
-def _node_total(tl: Timeline, vms: Sequence[str], series: Mapping[str, list[int]]) -> list[int]:
-    return [sum(series[v][k] for v in vms) for k in range(len(tl.t))]
+def _node_total(tl: Timeline, node: str, series: Mapping[str, list[int]]) -> list[int]:
+    """At each step, the sum of `series` over the VMs on `node` then."""
+    return [sum(series[v][k] for v in series if tl.node_of[v][k] == node) for k in range(len(tl.t))]
 
 
 def _highest(scenario: Scenario, tl: Timeline) -> int:
-    """The highest value any panel of this run draws: a node's room, or its VMs' total."""
-    out = 0
+    """The highest value any panel of this run draws: a node's room or pods, its VMs' demand, a VM."""
+    out = max((max(v) for v in tl.assigned.values()), default=0)
     for node in tl.node_used:
-        vms = [vm.name for vm in scenario.vms if vm.node == node]
-        out = max(out, *tl.node_capacity[node], *_node_total(tl, vms, tl.assigned), *_node_total(tl, vms, tl.demand))
+        out = max(out, *tl.node_capacity[node], *tl.node_used[node], *_node_total(tl, node, tl.demand))
     return out
 
 
