@@ -61,6 +61,8 @@ class PolicyPass:
     raised_floor: list[str] = field(default_factory=list)
     """VMs that booted above the policy's startup (restarted after a grow): they cannot shrink below
     that size until they are stopped, when the boot size is set back."""
+    unplug_gaps: dict[str, int] = field(default_factory=dict)
+    """VMs whose guest kept part of an unplug (guestCurrent above guestRequested), in bytes."""
     group: Group | None = None
     """The Prometheus query group its VMs' demand comes from."""
 
@@ -174,6 +176,8 @@ def plan_all(snapshot: Snapshot, signals: Mapping[str, DemandSignal], now: float
                 continue
             if state.guest_at_boot > params.startup:
                 result.raised_floor.append(vm_key)
+            if state.unplug_gap:
+                result.unplug_gaps[vm_key] = state.unplug_gap
             ours[vm_key] = Entry(state, signals.get(vm_key, DemandSignal(None, None, False)), params)
     world = cluster(snapshot.nodes, snapshot.pods, migrating_vmis(snapshot), snapshot.limits, snapshot.own_cap,
                     snapshot.reserve)

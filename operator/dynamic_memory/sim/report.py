@@ -50,8 +50,10 @@ def summarise(scenario: Scenario, results: Mapping[str, SimResult]) -> dict[str,
 
 COLUMNS = [("policy", "policy", "{}"), ("mean_assigned_gib", "mean GiB", "{:.2f}"),
            ("memory_ratio", "vs static", "{:.3f}"), ("pressure_fraction", "pressure", "{:.4f}"),
-           ("resizes_per_vm_day", "resizes/VM/day", "{:.2f}"), ("node_over_capacity_steps", "over room", "{}"),
-           ("kubevirt_violations", "KubeVirt refusals", "{}"), ("warnings", "warnings", "{}")]
+           ("resizes_per_vm_day", "resizes/VM/day", "{:.2f}"),
+           ("migrated_gib_per_vm_day", "migrated GiB/VM/day", "{:.1f}"), ("failed_migrations", "no landing", "{}"),
+           ("node_over_capacity_steps", "over room", "{}"), ("kubevirt_violations", "KubeVirt refusals", "{}"),
+           ("warnings", "warnings", "{}")]
 
 
 def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, str]] = COLUMNS) -> str:

@@ -146,6 +146,11 @@ def test_a_partial_unplug_does_not_stop_the_next_grow(kv_cluster: ControlPlane, 
     finally:
         virt_handler.settings.unplug_release = 1.0
     left_at = memory["guestRequested"]
+    def gap_reported() -> str | None:
+        ready = condition(get(kv_cluster, "dmp", "unplug", ns), "Ready") or {}
+        return str(ready["message"]) if f"{ns}/unplug kept" in str(ready.get("message")) else None
+    message = wait_for("the gap reported", gap_reported, 30)
+    assert "of its last unplug (guestCurrent above guestRequested)" in message
     virt_handler.set_demand(ns, "unplug", 3 * GIB)  # above what KubeVirt now requests for it
     wait_for("the next grow", lambda: parse_quantity(spec_guest(kv_cluster, "unplug", ns)) > parse_quantity(left_at),
              90, detail=lambda: vm_story(kv_cluster, "unplug", ns))
