@@ -79,3 +79,19 @@ def test_migration_limits_come_from_the_kubevirt_cr_or_kubevirts_defaults() -> N
     assert migration_limits([{"spec": {"configuration": {}}}]) == (5, 2)
     assert migration_limits([{"spec": {"configuration": {"migrations": {
         "parallelMigrationsPerCluster": 10, "parallelOutboundMigrationsPerNode": 1}}}}]) == (10, 1)
+
+
+@pytest.mark.parametrize(("caps", "weights", "budget", "expected"), [
+    ({"a": 10, "b": 10}, {"a": 1, "b": 1}, 10, {"a": 5, "b": 5}),
+    ({"a": 10, "b": 10}, {"a": 3, "b": 1}, 8, {"a": 6, "b": 2}),
+    ({"a": 2, "b": 10}, {"a": 3, "b": 1}, 8, {"a": 2, "b": 6}),       # a capped share flows to the others
+    ({"a": 10, "b": 10}, {"a": 1, "b": 0}, 15, {"a": 10, "b": 5}),    # weight 0 gets only leftovers
+    ({"a": 10, "b": 10}, {"a": 1, "b": 1}, 100, {"a": 10, "b": 10}),  # never beyond caps
+    ({"a": 10, "b": 10, "c": 10}, {"a": 1, "b": 1, "c": 1}, 10, {"a": 3, "b": 3, "c": 4}),  # no byte lost to rounding
+    ({"a": 0}, {"a": 1}, 5, {"a": 0}),
+])
+def test_proxmox_water_fill(caps: dict[str, int], weights: dict[str, int], budget: int,
+                            expected: dict[str, int]) -> None:
+    from dynamic_memory.policy.baselines import water_fill
+
+    assert water_fill(caps, weights, budget) == expected

@@ -17,27 +17,29 @@ from dynamic_memory.quantity import MIB
 
 
 def water_fill(caps: Mapping[str, int], weights: Mapping[str, int], budget: int) -> dict[str, int]:
-    """Share `budget` in proportion to weight, nobody beyond its cap; weight-0 items get leftovers only."""
+    """Share `budget` in proportion to weight, nobody beyond its cap; weight-0 items get leftovers only.
+
+    Water-filling in one pass over the items sorted by cap per weight (O(n log n)): an item whose
+    share would exceed its cap takes its cap, and the rest share what is left; rounding crumbs go
+    to the heaviest items that still have room."""
     given = dict.fromkeys(caps, 0)
     for pool in ([k for k in caps if weights[k] > 0], [k for k in caps if weights[k] <= 0]):
-        open_ = [k for k in pool if caps[k] > 0]
-        while budget > 0 and open_:
-            total = sum(max(weights[k], 0) for k in open_) or len(open_)
-            spent = 0
-            for k in open_:
-                share = budget * (weights[k] if weights[k] > 0 else 1) // total
-                take = min(share, caps[k] - given[k])
-                given[k] += take
-                spent += take
-            if spent == 0:  # shares rounded to 0: give the crumbs to the heaviest one
-                k = max(open_, key=lambda k: weights[k])
-                take = min(budget, caps[k] - given[k])
-                given[k] += take
-                spent = take
-            budget -= spent
-            open_ = [k for k in open_ if given[k] < caps[k]]
+        weight = {k: weights[k] if weights[k] > 0 else 1 for k in pool if caps[k] > 0}
+        left_weight = sum(weight.values())
+        for k in sorted(weight, key=lambda k: caps[k] / weight[k]):
+            if budget <= 0:
+                break
+            take = min(caps[k], budget * weight[k] // left_weight)
+            given[k] = take
+            budget -= take
+            left_weight -= weight[k]
+        for k in sorted(weight, key=lambda k: -weight[k]):  # the crumbs of rounding down
+            if budget <= 0:
+                break
+            extra = min(budget, caps[k] - given[k])
+            given[k] += extra
+            budget -= extra
     return given
-
 
 
 def _set(entry: Entry, target: int, reason: str, demand: int | None = None) -> Decision:
