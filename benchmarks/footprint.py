@@ -73,7 +73,7 @@ def boot(w: World) -> list[str]:
 def run(quick: bool = False) -> dict[str, Any]:
     """RSS, CPU share and requests per pass at steady state; writes per changed VM."""
     duration = 20.0 if quick else 300.0
-    with world(Path(tempfile.mkdtemp(prefix="dm-footprint-")), scrape_s=5.0) as w:
+    with world(Path(tempfile.mkdtemp(prefix="dm-footprint-")), scrape_s=5.0, handler_period_s=2.0) as w:
         started = time.monotonic()
         spaces = boot(w)
         boot_s = time.monotonic() - started

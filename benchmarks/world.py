@@ -108,8 +108,9 @@ def _stop_all(operators: list[Operator]) -> None:
 
 
 @contextmanager
-def world(workdir: Path, scrape_s: float = 1.0) -> Iterator[World]:
-    """Start it all (a few seconds once the control plane is built), stop it all after."""
+def world(workdir: Path, scrape_s: float = 1.0, handler_period_s: float = 0.3) -> Iterator[World]:
+    """Start it all (about 30 s once the binaries are built), stop it all after. `handler_period_s`:
+    how often our virt-handler polls (a fleet of 1,000 VMs needs it slower on a 2-core machine)."""
     (workdir / "cp").mkdir(parents=True, exist_ok=True)
     cp = ControlPlane(workdir / "cp")
     stack: list[Callable[[], None]] = [cp.stop]
@@ -124,7 +125,7 @@ def world(workdir: Path, scrape_s: float = 1.0) -> Iterator[World]:
         metrics.serve(free_port())
         prom = Prometheus(workdir, [f"127.0.0.1:{metrics.port}"], scrape_s=scrape_s)
         stack.append(prom.stop)
-        handler = VirtHandler(api, rig.handler_kubeconfig, metrics)
+        handler = VirtHandler(api, rig.handler_kubeconfig, metrics, period_s=handler_period_s)
         stack.append(handler.stop)
         kubeconfig = operator_identity(cp, workdir / "operator.kubeconfig")
         w = World(workdir, cp, api, metrics, prom, rig, handler, kubeconfig)
