@@ -127,7 +127,8 @@ def node_index(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeState] | N
 
 @kopf.index("", "v1", "pods")
 def pod_index(body: kopf.Body, **_: Any) -> dict[str, PodInfo] | None:
-    """node → its bound pods' memory requests (and the VMI a virt-launcher pod belongs to)."""
+    """node → its bound pods' memory requests (and the VMI a virt-launcher pod belongs to); "" →
+    virt-launcher pods not bound yet."""
     found = pod_info(body)
     return None if found is None else {found.node: found}
 

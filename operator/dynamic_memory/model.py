@@ -218,6 +218,9 @@ class VMState:
     (KubeVirt does not guarantee a full unplug). Reported; it does not block the next change."""
     placement: Placement | None = None
     """Where its pods may run (from its virt-launcher pod); None: any node."""
+    unlanded: int = 0
+    """A change under way whose target pod is not bound to a node yet: the bytes that pod will ask
+    for somewhere (the plan keeps room for it, or two changes would count on the same room)."""
     changed_at: float | None = None
     """When its last migration (its last resize) completed: VMI status.migrationState.endTimestamp."""
 

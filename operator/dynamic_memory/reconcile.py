@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dynamic_memory.api import PolicySpec
@@ -18,7 +18,7 @@ from dynamic_memory.model import Cluster, Decision, DemandSignal, NodeState
 from dynamic_memory.policy.engine import DynamicMemory, Entry, SignalSpec
 from dynamic_memory.quantity import parse_duration
 from dynamic_memory.sources.cluster import PodInfo, cluster, launcher_pod
-from dynamic_memory.sources.kubevirt import _condition, _get, balloon_disabled, key_of, vm_state
+from dynamic_memory.sources.kubevirt import OWN_BLOCKS, _condition, _get, balloon_disabled, key_of, vm_state
 from dynamic_memory.sources.prometheus import Group, MetricsView
 
 Obj = Mapping[str, Any]
@@ -168,12 +168,15 @@ def plan_all(snapshot: Snapshot, signals: Mapping[str, DemandSignal], now: float
                 if stopped(vm):
                     result.stopped.append(vm_key)
                 continue
-            launcher = launcher_pod(launchers.get(str(_get(vmi, "metadata", "uid"))) or (), vmi)
+            pods = launchers.get(str(_get(vmi, "metadata", "uid"))) or []
+            launcher = launcher_pod(pods, vmi)
             state = vm_state(vm, vmi, now, pod_request=launcher.memory if launcher else None,
                              placement=launcher.placement if launcher else None,
                              migrating=bool(snapshot.migrations.get(vm_key)))
             if state is None:
                 continue
+            if state.blocked in OWN_BLOCKS and not any(p.node and p.node != state.node for p in pods):
+                state = replace(state, unlanded=state.assigned + state.overhead)  # its target pod is not placed yet
             if state.guest_at_boot > params.startup:
                 result.raised_floor.append(vm_key)
             if state.unplug_gap:

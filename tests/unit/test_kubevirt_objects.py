@@ -224,3 +224,8 @@ def test_our_own_resize_under_way_is_not_written_again_but_other_holds_are() -> 
     assert held_words(ours, decide(ours, signal, params, NOW)) is None
     words = held_words(users, decide(users, signal, params, NOW))
     assert words is not None and "memory hotplug in progress" in words
+    retrying = vm_state(vm(guest="6Gi", annotations={TARGET: "6Gi"}),
+                        vmi(requested="6Gi", conditions=hotplug, migration={"completed": True, "failed": True}), NOW)
+    assert retrying is not None and retrying.own_change
+    words = held_words(retrying, decide(retrying, signal, params, NOW))
+    assert words is not None and "its live migration failed and KubeVirt retries it" in words

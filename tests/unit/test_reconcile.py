@@ -167,3 +167,25 @@ def test_policies_sharing_settings_share_queries() -> None:
     assert sorted(sorted(g.namespaces) for g in groups) == [["a", "b"], ["c"]]
     assert sorted(len(v) for v in groups.values()) == [1, 2]
     assert of_policy["a/p"] == of_policy["b/p"] != of_policy["c/p"]
+
+
+def test_a_change_whose_target_pod_is_not_placed_yet_keeps_its_room() -> None:
+    policies = {"p/gold": spec("gold", 9000), "q/bronze": spec("bronze", 1000)}
+    moving = vmi("p", "g")
+    moving["status"]["conditions"].append({"type": "HotMemoryChange", "status": "True"})
+    vms = [vm("p", "g", "gold", guest="3278Mi"), vm("q", "b", "bronze")]
+    pods = [pod("p", "virt-launcher-g", "a", "2304Mi", "uid-p-g"),
+            pod("p", "virt-launcher-g-target", None, "3534Mi", "uid-p-g"),  # waiting for the scheduler
+            pod("q", "virt-launcher-b", "a", "2304Mi", "uid-q-b")]
+    # node b: room for one grown pod; gold's, still unplaced, will take it
+    plan = plan_all(snapshot(policies, vms, [moving, vmi("q", "b")], [node("a", "16Gi"), node("b", "5Gi")], pods,
+                             reserve=GIB), {"q/b": SHORT}, NOW)
+    assert plan.passes["p/gold"].entries[0].vm.unlanded == 3278 * MIB + 256 * MIB
+    bronze = plan.passes["q/bronze"].decisions[0]
+    assert not bronze.changes and bronze.limited is Limit.ROOM
+    # once the scheduler has bound gold's target pod, node b's room counts it as a pod like any other
+    pods[1]["spec"]["nodeName"] = "b"
+    plan = plan_all(snapshot(policies, vms, [moving, vmi("q", "b")], [node("a", "16Gi"), node("b", "5Gi")], pods,
+                             reserve=GIB), {"q/b": SHORT}, NOW)
+    assert plan.passes["p/gold"].entries[0].vm.unlanded == 0
+    assert plan.cluster.nodes["b"].free == 5 * GIB - GIB - 3534 * MIB

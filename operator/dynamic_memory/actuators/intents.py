@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from dynamic_memory.actuators.kubevirt import boot_patch, held_patch, recommend_patch, resize_patch
-from dynamic_memory.model import Action, Decision, Limit, Mode, VMState
+from dynamic_memory.model import Action, Blocker, Decision, Limit, Mode, VMState
 from dynamic_memory.reconcile import Plan, Snapshot
 
 HELD_LIMITS = (Limit.BLOCKED, Limit.LANDING, Limit.ROOM)
@@ -48,7 +48,9 @@ class Intent:
 def held_words(vm: VMState, decision: Decision) -> str | None:
     """Why the VM is held, for its `held` annotation; None when it is not held (or is busy with our
     own change, which its `target` and `reason` annotations already explain)."""
-    if decision.limited not in HELD_LIMITS or decision.changes or vm.own_change:
+    if decision.limited not in HELD_LIMITS or decision.changes:
+        return None
+    if vm.own_change and vm.blocked is not Blocker.HOTPLUG_RETRYING:  # a failing migration is news
         return None
     # what holds it, without the sizing words: those move with every demand sample, and a hold is
     # written only when it changes

@@ -104,6 +104,14 @@ def land(entries: Sequence[Entry], decisions: Sequence[Decision], cluster: Clust
     free = {name: node.free for name, node in cluster.nodes.items()}
     outbound = {name: node.outbound for name, node in cluster.nodes.items()}
     left = cluster.migrations_left
+    for entry in entries:  # changes under way whose target pods the scheduler has yet to place
+        vm = entry.vm
+        if vm.unlanded:
+            fits = [n for n in cluster.nodes.values() if n.name != vm.node and allows(vm.placement, n)
+                    and free[n.name] >= vm.unlanded]
+            if fits:
+                best = max(fits, key=lambda n: (free[n.name] / max(n.allocatable, 1), n.name))
+                free[best.name] -= vm.unlanded
     for i in _order(entries, decisions):
         d, vm = decisions[i], entries[i].vm
         # a recommendation shows where the change could land; only changes that are sent take

@@ -45,10 +45,12 @@ class PodInfo:
 
 
 def pod_info(pod: Obj) -> PodInfo | None:
-    """A bound, not finished pod's memory request and KubeVirt link; None otherwise."""
+    """A not finished pod's memory request and KubeVirt link: bound pods, and virt-launcher pods
+    not bound yet (node ""; a migration target waiting for the scheduler); None otherwise."""
     spec, status = pod.get("spec") or {}, pod.get("status") or {}
-    node = spec.get("nodeName")
-    if not node or status.get("phase") in ("Succeeded", "Failed"):
+    node = spec.get("nodeName") or ""
+    created_by = ((pod.get("metadata") or {}).get("labels") or {}).get(CREATED_BY)
+    if (not node and not created_by) or status.get("phase") in ("Succeeded", "Failed"):
         return None
     memory = 0
     for container in spec.get("containers") or []:
@@ -59,7 +61,6 @@ def pod_info(pod: Obj) -> PodInfo | None:
             except ValueError:
                 continue
     meta = pod.get("metadata") or {}
-    created_by = (meta.get("labels") or {}).get(CREATED_BY)
     return PodInfo(str(meta.get("namespace", "")), str(meta.get("name", "")), str(node), memory, created_by,
                    placement_of(pod) if created_by else None)
 
@@ -113,7 +114,8 @@ def cluster(nodes: Iterable[NodeState], pods: Iterable[PodInfo], migrating: Mapp
     it leaves; `own_cap` is the operator's own limit on resizes under way."""
     used: dict[str, int] = {}
     for pod in pods:
-        used[pod.node] = used.get(pod.node, 0) + pod.memory
+        if pod.node:  # an unbound pod holds no node's room yet
+            used[pod.node] = used.get(pod.node, 0) + pod.memory
     outbound: dict[str, int] = {}
     for node in migrating.values():
         outbound[node] = outbound.get(node, 0) + 1

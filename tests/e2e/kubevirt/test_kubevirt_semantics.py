@@ -45,11 +45,11 @@ def held(cp: ControlPlane, name: str, ns: str) -> str | None:
 
 
 def never_resized(cp: ControlPlane, name: str, ns: str, words: str) -> None:
-    """The VM shows why it is held, and over five more intervals of a guest short of memory the
+    """The VM shows why it is held, and over three more intervals of a guest short of memory the
     operator sends it no resize (its only write is the hold, once)."""
     shown = wait_for(f"the hold on {ns}/{name}", lambda: held(cp, name, ns), 60, detail=lambda: vm_story(cp, name, ns))
     assert words in shown, shown
-    time.sleep(10)
+    time.sleep(6)
     assert operator_patches(cp, ns, name, resizes=True) == []
     assert len(operator_patches(cp, ns, name)) == 1
     assert held(cp, name, ns) == shown
