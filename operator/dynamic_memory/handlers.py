@@ -238,8 +238,10 @@ def _status(key: str, result: PolicyPass, state: PassState, conditions: list[dic
     """A policy's status after a pass: conditions and the summary of its VMs."""
     reason, message = state.metrics.get(key, ("NoPassYet", "no pass yet"))
     conditions = set_condition(conditions, METRICS_AVAILABLE, reason == "Queried", reason, message, generation, now)
-    limited = [d for d in result.decisions if d.limited in (Limit.ROOM, Limit.LANDING)]
-    reason = ("NoRoom" if any(d.limited is Limit.ROOM for d in limited) else "NoLanding") if limited else "Fits"
+    limited = [d for d in result.decisions if d.limited in (Limit.ROOM, Limit.LANDING, Limit.MIGRATIONS)]
+    kinds = {d.limited for d in limited}
+    reason = ("NoRoom" if Limit.ROOM in kinds else "NoLanding" if Limit.LANDING in kinds
+              else "MigrationsBusy" if limited else "Fits")
     conditions = set_condition(conditions, CAPACITY_LIMITED, bool(limited), reason,
                                "; ".join(f"{d.key}: {d.notes[-1].text()}" for d in limited[:10] if d.notes)
                                or "every change has a node to migrate to", generation, now)

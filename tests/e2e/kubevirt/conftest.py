@@ -143,6 +143,9 @@ def vm_story(cp: ControlPlane, name: str, ns: str) -> str:
     annotations = {k.removeprefix("dynamicmemory.io/"): v for k, v in (vm.get("metadata", {}).get("annotations")
                                                                        or {}).items() if "dynamicmemory" in k}
     status = vmi.get("status") or {}
+    policies = [(p["metadata"]["name"], [(c["type"], c["status"], c.get("reason"), c.get("message", "")[:200])
+                                         for c in (p.get("status") or {}).get("conditions", [])])
+                for p in json.loads(cp.kubectl("get", "dmp", "-n", ns, "-o", "json").stdout)["items"]]
     migrations = [(m["metadata"]["name"], (m.get("status") or {}).get("phase"))
                   for m in json.loads(cp.kubectl("get", "vmim", "-n", ns, "-o", "json").stdout)["items"]]
     return "\n".join([
@@ -153,6 +156,7 @@ def vm_story(cp: ControlPlane, name: str, ns: str) -> str:
         f"conditions {[(c['type'], c['status']) for c in status.get('conditions', [])]}, "
         f"migrationState {status.get('migrationState')}",
         f"migrations {migrations}",
+        f"policies {policies}",
         cp.kubectl("get", "pods", "-n", ns, "-o", "wide").stdout])
 
 

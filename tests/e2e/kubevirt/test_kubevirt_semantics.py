@@ -63,6 +63,44 @@ def short_vm(cp: ControlPlane, handler: VirtHandler, ns: str, name: str, manifes
     handler.set_demand(ns, name, 3 * GIB)
 
 
+# first in the module: its two migrations run on a cluster nothing else has touched yet
+def test_a_partial_unplug_does_not_stop_the_next_grow(kv_cluster: ControlPlane, kv_rig: KubeVirtRig,
+                                                     virt_handler: VirtHandler, kv_operator: Operator) -> None:
+    ns = namespace(kv_cluster, "sem-unplug")
+    policy(kv_cluster, ns, "unplug", scaleDown={"stabilizationWindow": "30s", "minHistory": "10s", "maxPerHour": 2})
+    virt_handler.set_demand(ns, "unplug", GIB)
+    apply(kv_cluster, vm_manifest("unplug", ns, labels={"app": "unplug"}))
+    running_vmi(kv_cluster, "unplug", ns)
+    virt_handler.set_demand(ns, "unplug", 3 * GIB)
+    wait_for("a grow, carried out", lambda: (g := spec_guest(kv_cluster, "unplug", ns)) != "2Gi" and get(
+        kv_cluster, "vmi", "unplug", ns)["status"]["memory"].get("guestCurrent") == g, 120,
+        detail=lambda: vm_story(kv_cluster, "unplug", ns))
+    virt_handler.settings.unplug_release = 0.5  # the guest gives back half of what is unplugged
+    try:
+        virt_handler.set_demand(ns, "unplug", GIB // 2)
+
+        def partly_unplugged() -> dict[str, Any] | None:
+            memory = get(kv_cluster, "vmi", "unplug", ns)["status"]["memory"]
+            requested, current = memory.get("guestRequested"), memory.get("guestCurrent")
+            shrunk = requested and parse_quantity(requested) < 3 * GIB
+            return memory if shrunk and parse_quantity(current) > parse_quantity(requested) else None
+        # the window's peak is kept at the window cache's one-minute resolution, and the guest paged
+        # during its grow's migration: the shrink comes about two and a half minutes after the grow
+        memory = wait_for("a shrink the guest honoured only in part", partly_unplugged, 300,
+                          detail=lambda: vm_story(kv_cluster, "unplug", ns))
+    finally:
+        virt_handler.settings.unplug_release = 1.0
+    left_at = memory["guestRequested"]
+    def gap_reported() -> str | None:
+        ready = condition(get(kv_cluster, "dmp", "unplug", ns), "Ready") or {}
+        return str(ready["message"]) if f"{ns}/unplug kept" in str(ready.get("message")) else None
+    message = wait_for("the gap reported", gap_reported, 30)
+    assert "of its last unplug (guestCurrent above guestRequested)" in message
+    virt_handler.set_demand(ns, "unplug", 3 * GIB)  # above what KubeVirt now requests for it
+    wait_for("the next grow", lambda: parse_quantity(spec_guest(kv_cluster, "unplug", ns)) > parse_quantity(left_at),
+             90, detail=lambda: vm_story(kv_cluster, "unplug", ns))
+
+
 def test_an_instancetype_vm_is_never_patched(kv_cluster: ControlPlane, kv_rig: KubeVirtRig,
                                             virt_handler: VirtHandler, kv_operator: Operator) -> None:
     ns = namespace(kv_cluster, "sem-instancetype")
@@ -119,41 +157,6 @@ def test_a_vm_with_a_pending_migration_is_never_patched(kv_cluster: ControlPlane
     # once the migration is done, the operator takes the guest's shortage up
     wait_for("the grow after the migration", lambda: spec_guest(kv_cluster, "moving", ns) != "2Gi", 90,
              detail=lambda: vm_story(kv_cluster, "moving", ns))
-
-
-def test_a_partial_unplug_does_not_stop_the_next_grow(kv_cluster: ControlPlane, kv_rig: KubeVirtRig,
-                                                     virt_handler: VirtHandler, kv_operator: Operator) -> None:
-    ns = namespace(kv_cluster, "sem-unplug")
-    policy(kv_cluster, ns, "unplug", scaleDown={"stabilizationWindow": "30s", "minHistory": "10s", "maxPerHour": 2})
-    virt_handler.set_demand(ns, "unplug", GIB)
-    apply(kv_cluster, vm_manifest("unplug", ns, labels={"app": "unplug"}))
-    running_vmi(kv_cluster, "unplug", ns)
-    virt_handler.set_demand(ns, "unplug", 3 * GIB)
-    wait_for("a grow, carried out", lambda: (g := spec_guest(kv_cluster, "unplug", ns)) != "2Gi" and get(
-        kv_cluster, "vmi", "unplug", ns)["status"]["memory"].get("guestCurrent") == g, 120,
-        detail=lambda: vm_story(kv_cluster, "unplug", ns))
-    virt_handler.settings.unplug_release = 0.5  # the guest gives back half of what is unplugged
-    try:
-        virt_handler.set_demand(ns, "unplug", GIB // 2)
-
-        def partly_unplugged() -> dict[str, Any] | None:
-            memory = get(kv_cluster, "vmi", "unplug", ns)["status"]["memory"]
-            requested, current = memory.get("guestRequested"), memory.get("guestCurrent")
-            shrunk = requested and parse_quantity(requested) < 3 * GIB
-            return memory if shrunk and parse_quantity(current) > parse_quantity(requested) else None
-        memory = wait_for("a shrink the guest honoured only in part", partly_unplugged, 150,
-                          detail=lambda: vm_story(kv_cluster, "unplug", ns))
-    finally:
-        virt_handler.settings.unplug_release = 1.0
-    left_at = memory["guestRequested"]
-    def gap_reported() -> str | None:
-        ready = condition(get(kv_cluster, "dmp", "unplug", ns), "Ready") or {}
-        return str(ready["message"]) if f"{ns}/unplug kept" in str(ready.get("message")) else None
-    message = wait_for("the gap reported", gap_reported, 30)
-    assert "of its last unplug (guestCurrent above guestRequested)" in message
-    virt_handler.set_demand(ns, "unplug", 3 * GIB)  # above what KubeVirt now requests for it
-    wait_for("the next grow", lambda: parse_quantity(spec_guest(kv_cluster, "unplug", ns)) > parse_quantity(left_at),
-             90, detail=lambda: vm_story(kv_cluster, "unplug", ns))
 
 
 def test_a_starting_vm_is_never_boot_patched_and_a_stopped_one_is(
