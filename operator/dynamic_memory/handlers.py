@@ -308,7 +308,7 @@ async def _global_pass(memo: kopf.Memo, logger: kopf.Logger,
     sent = memo.prometheus.queries_sent
     signals, failed = await asyncio.to_thread(memo.prometheus.signals, groups, now)
     metrics.PROM_QUERIES.inc(memo.prometheus.queries_sent - sent)
-    plan = plan_all(snapshot, signals, now, of_policy)
+    plan = plan_all(snapshot, signals, now)
     for intent in intents(plan, snapshot, now):
         await _send(memo, logger, intent)
     _report(memo.state, plan, time.perf_counter() - started)

@@ -63,8 +63,6 @@ class PolicyPass:
     that size until they are stopped, when the boot size is set back."""
     unplug_gaps: dict[str, int] = field(default_factory=dict)
     """VMs whose guest kept part of an unplug (guestCurrent above guestRequested), in bytes."""
-    group: Group | None = None
-    """The Prometheus query group its VMs' demand comes from."""
 
 
 def metrics_group(key: str, spec: PolicySpec) -> tuple[SignalSpec, MetricsView]:
@@ -138,11 +136,10 @@ class Plan:
     cluster: Cluster
 
 
-def plan_all(snapshot: Snapshot, signals: Mapping[str, DemandSignal], now: float,
-             groups: Mapping[str, Group] | None = None) -> Plan:
+def plan_all(snapshot: Snapshot, signals: Mapping[str, DemandSignal], now: float) -> Plan:
     """One pass over every policy's VMs together: a change takes room and a migration that another
-    policy's VM might need, and weights decide across policies. `groups`: each policy's query group."""
-    passes = {key: PolicyPass(group=(groups or {}).get(key)) for key in snapshot.policies}
+    policy's VM might need, and weights decide across policies."""
+    passes = {key: PolicyPass() for key in snapshot.policies}
     owner: dict[str, str] = {}
     ours: dict[str, Entry] = {}
     launchers: dict[str, list[PodInfo]] = defaultdict(list)
