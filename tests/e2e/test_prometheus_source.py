@@ -67,6 +67,18 @@ def test_stale_metrics_make_demand_unknown(prometheus: Prometheus, guest_metrics
     wait_until(lambda: src.signals({g: {"stale/gone"}}, time.time())[0]["stale/gone"].latest is None)
 
 
+def test_a_migrated_guest_is_read_from_its_new_node_at_once(prometheus: Prometheus,
+                                                            guest_metrics: GuestMetrics) -> None:
+    """Every resize migrates: the source node's virt-handler stops exporting the VMI, and its last
+    sample must not stand in for the guest's demand (it did for staleAfter, and held shrinks)."""
+    guest_metrics.set("moved", "vm", node="node-1", available=2 * GIB, demand=2 * GIB)
+    prometheus.wait_for('kubevirt_vmi_memory_available_bytes{namespace="moved"}')
+    src, g = source(prometheus), group("moved", stale_s=60)
+    assert src.signals({g: {"moved/vm"}}, time.time())[0]["moved/vm"].latest == 2 * GIB
+    guest_metrics.set("moved", "vm", node="node-2", available=4 * GIB, demand=GIB)
+    wait_until(lambda: src.signals({g: {"moved/vm"}}, time.time())[0]["moved/vm"].latest == GIB, 20)
+
+
 def test_pressure_needs_low_headroom_and_faults(prometheus: Prometheus, guest_metrics: GuestMetrics) -> None:
     guest_metrics.set("press", "faulting", available=4 * GIB, demand=4 * GIB - 100 * 2**20, major_faults_per_s=500)
     guest_metrics.set("press", "cache-misses", available=8 * GIB, demand=2 * GIB, major_faults_per_s=500)

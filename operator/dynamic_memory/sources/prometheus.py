@@ -102,13 +102,16 @@ def queries(group: Group, resolution_s: float = RESOLUTION_S) -> dict[str, str]:
 def pass_queries(group: Group, resolution_s: float = RESOLUTION_S) -> dict[str, str]:
     """What every pass asks: instant queries (and the scale-up window, short by design).
 
-    `latest` holds only VMs with a sample within staleAfter: no answer, unknown demand. (Measured
-    at 10,000 VMs: 71 ms, against 117 ms filtering on timestamp(); benchmarks/prometheus_reads.py.)"""
+    `latest` holds only VMs with a sample within staleAfter: no answer, unknown demand. It is read
+    from instant selectors, which drop a series Prometheus marked stale: after a migration (every
+    resize is one) the source node's virt-handler no longer exports the VMI, and that series' last
+    sample must not stand in for the guest for staleAfter (a range's last_over_time kept it, and held
+    the shrinks after grows). The range only filters out series that stopped without a marker."""
     by = f"by ({group.view.namespace_label}, {group.view.name_label})"
     avail, usable, demand = _selector(AVAILABLE, group), _selector(USABLE, group), _demand(group)
-    fresh = _dur(group.view.stale_s)  # a range of staleAfter holds only fresh samples: no timestamp() filter
+    fresh = _dur(group.view.stale_s)
     out = {
-        "latest": f"max {by} (last_over_time({avail}[{fresh}]) - last_over_time({usable}[{fresh}]))",
+        "latest": f"max {by} (({avail} - {usable}) and last_over_time({avail}[{fresh}]))",
         # pressure = short and paging, joined here rather than in PromQL: the two halves run side
         # by side and each answers only the few VMs that match (10k VMs: 222 ms as one query)
         "short": f"{usable} / {avail} < {PRESSURE_HEADROOM}",
