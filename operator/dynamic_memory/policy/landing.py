@@ -72,27 +72,34 @@ def allows(placement: Placement | None, node: NodeState) -> bool:
     NodeUnschedulable, NodeAffinity and TaintToleration filters decide)."""
     if not node.schedulable:
         return False
-    p = placement or Placement()
+    if placement is None:  # most VMs: any untainted node
+        return not any(t.effect in BLOCKING_EFFECTS for t in node.taints)
     labels = dict(node.labels)
-    if any(labels.get(k) != v for k, v in p.node_selector):
+    if any(labels.get(k) != v for k, v in placement.node_selector):
         return False
-    if p.terms and not any(all(_requirement_holds(r, labels, node.name) for r in term) for term in p.terms):
+    if placement.terms and not any(all(_requirement_holds(r, labels, node.name) for r in term)
+                                   for term in placement.terms):
         return False
-    return all(_tolerated(t.key, t.value, t.effect, p.tolerations)
+    return all(_tolerated(t.key, t.value, t.effect, placement.tolerations)
                for t in node.taints if t.effect in BLOCKING_EFFECTS)
 
 
 def _order(entries: Sequence[Entry], decisions: Sequence[Decision]) -> list[int]:
     """Indexes of the changes to place: heaviest weight first, grows before shrinks, then the VM
     shortest of memory (largest grow relative to its size), then by key for a stable plan."""
-    changes = [i for i, d in enumerate(decisions) if d.changes and d.limited is not Limit.BLOCKED]
+    changes = [i for i, d in enumerate(decisions) if d.target != d.current and d.limited is not Limit.BLOCKED]
     return sorted(changes, key=lambda i: (-entries[i].params.weight, decisions[i].action is not Action.GROW,
                                           -(decisions[i].target - decisions[i].current) / max(decisions[i].current, 1),
                                           decisions[i].key))
 
 
 def _hold(d: Decision, limit: Limit, why: Why) -> Decision:
-    return d._replace(target=d.current, action=Action.HOLD, limited=limit, notes=(*d.notes, why))
+    return Decision(d.key, d.node, d.current, d.current, Action.HOLD, d.why, d.demand, d.wanted, limit,
+                    (*d.notes, why), d.landing)
+
+
+_NO_SLOT = Why("MigrationsBusy", "KubeVirt's parallel migrations (parallelMigrationsPerCluster) are in use: "
+                                 "the change waits for the next pass")
 
 
 def land(entries: Sequence[Entry], decisions: Sequence[Decision], cluster: Cluster | None) -> list[Decision]:
@@ -118,9 +125,7 @@ def land(entries: Sequence[Entry], decisions: Sequence[Decision], cluster: Clust
         # migrations and room from the ones after them
         acts = entries[i].params.mode is Mode.AUTO
         if acts and left <= 0:
-            out[i] = _hold(d, Limit.MIGRATIONS, Why("MigrationsBusy", "KubeVirt's parallel migrations are in use: "
-                                                                      "{target:B} waits for the next pass",
-                                                    {"target": d.target}))
+            out[i] = _hold(d, Limit.MIGRATIONS, _NO_SLOT)  # the wanted size stays on the decision
             continue
         if acts and outbound.get(vm.node, 0) >= cluster.outbound_per_node:
             out[i] = _hold(d, Limit.MIGRATIONS, Why(

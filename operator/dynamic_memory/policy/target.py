@@ -71,13 +71,12 @@ def fit(value: int, floor: int, ceiling: int, alignment: int) -> int:
 def _hold(vm: VMState, why: Why, *, demand: int | None = None, wanted: int | None = None,
           limited: Limit | None = None) -> Decision:
     return Decision(vm.key, vm.node, vm.assigned, vm.assigned, Action.HOLD, why,
-                    demand=demand, wanted=vm.assigned if wanted is None else wanted, limited=limited)
+                    demand, vm.assigned if wanted is None else wanted, limited)
 
 
 def _move(vm: VMState, target: int, why: Why, demand: int | None, limited: Limit | None = None) -> Decision:
     action = Action.GROW if target > vm.assigned else Action.SHRINK
-    return Decision(vm.key, vm.node, vm.assigned, target, action, why,
-                    demand=demand, wanted=target, limited=limited)
+    return Decision(vm.key, vm.node, vm.assigned, target, action, why, demand, target, limited)
 
 
 def _sizing(code: str, what: str, demand: int, params: PolicyParams, desired: int, then: str = "",
@@ -128,10 +127,13 @@ def decide(vm: VMState, signal: DemandSignal, params: PolicyParams, now: float) 
         return _hold(vm, Why("DemandUnknown", "demand unknown (no fresh guest metrics): holding, never shrinking"))
 
     short = latest > current or signal.pressure
-    up_base = max(latest, peak or 0)
+    # not short: a grow only for a step worth a migration (checked first: most VMs stop here)
+    wants_more = short or with_buffer(latest, params) - current >= params.scale_up.step(current)
+    up_base = latest if peak is None or latest >= peak else peak
     sized_for = up_base + up_base * SHORTFALL_BUMP_PERCENT // 100 if short else up_base
-    grow_to = fit(with_buffer(sized_for, params, vm.grows_last_hour), floor, ceiling, params.alignment)
-    if grow_to > current and (short or with_buffer(latest, params) - current >= params.scale_up.step(current)):
+    grow_to = fit(with_buffer(sized_for, params, vm.grows_last_hour), floor, ceiling,
+                  params.alignment) if wants_more else current
+    if grow_to > current:
         what = "guest short of memory: demand" if short else "demand"
         n = vm.grows_last_hour
         if n >= params.scale_up.max_per_hour:
