@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,7 @@ def _ranged(kind: Callable[[str], float], low: float, high: float | None, what: 
 BUFFER = _ranged(int, *BUFFER_RANGE, "a whole percent")
 VM_COUNT = _ranged(int, 1, None, "a whole number of VMs")
 DAYS = _ranged(float, 0.01, 3650, "a number of days")
+BUDGET = _ranged(float, 0, 288, "own resizes per VM-day")
 
 
 def _out_dir(path: str) -> Path:
@@ -172,12 +173,38 @@ def _named_policy(name: str, step_s: float) -> Policy:
     return {p.name: p for p in policies(step_s)}[name]
 
 
+def cmd_optimum(trace: Path, budget: float | None, as_json: bool) -> int:
+    """The offline optimum at one budget, or its frontier over budgets."""
+    from dynamic_memory.sim.optimum import budgets, fleet_optimum, frontier
+    from dynamic_memory.sim.report import table
+    from dynamic_memory.sim.traces import load_traces
+
+    traces = load_traces(trace)
+    asked = [budget] if budget is not None else budgets()
+    points = [asdict(p) for p in frontier(fleet_optimum(traces, max(asked)), asked)]
+    if as_json:
+        print(json.dumps(points[0] if budget is not None else {"frontier": points}, indent=2))
+        return 0
+    days = sum(t.days for t in traces)
+    print(f"{len(traces)} VMs, {days:.0f} VM-days: the least memory any policy could assign knowing the future, "
+          "never below usage, with at most round(budget × days) resizes of its own per VM, changed on the hour")
+    print(table(points, [("budget", "budget (own resizes/VM-day)", "{:g}"), ("memory_ratio", "memory_ratio", "{:.4f}"),
+                         ("own_resizes_per_vm_day", "own resizes/VM-day used", "{:.3f}")]))
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     """Replay a trace file through one policy or all of them."""
     from dynamic_memory.sim.replay import SLOT_S, replay, replay_oracle
     from dynamic_memory.sim.report import table
     from dynamic_memory.sim.traces import load_traces
 
+    if args.budget is not None and args.policy != "optimum":
+        raise UserError("--budget is the offline optimum's: use it with --policy optimum")
+    if args.policy == "optimum":
+        if args.buffer is not None or args.policy_file:
+            raise UserError("the offline optimum has no knobs: --buffer and --policy-file are for the policies")
+        return cmd_optimum(Path(args.trace), args.budget, args.json)
     doc = _policy_doc(args.policy_file)
     traces = load_traces(Path(args.trace))
     if doc and doc.spec:
@@ -353,7 +380,10 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("replay", help="replay a trace file (shared format) and score the policy")
     r.add_argument("trace", help="trace file: columns vm, timestamp_s, memory_provisioned_kib, memory_usage_kib")
-    r.add_argument("--policy", choices=[*POLICY_NAMES, "all"], default="dynamic-memory")
+    r.add_argument("--policy", choices=[*POLICY_NAMES, "all", "optimum"], default="dynamic-memory",
+                   help="optimum: the least memory any policy could assign knowing the future (a reference line)")
+    r.add_argument("--budget", type=BUDGET, metavar="R",
+                   help="with --policy optimum: own resizes per VM-day it may make (default: a frontier of budgets)")
     knobs = r.add_mutually_exclusive_group()
     knobs.add_argument("--buffer", type=BUFFER, metavar="PERCENT",
                        help=f"bufferPercent of the default policy ({BUFFER_RANGE[0]} to {BUFFER_RANGE[1]}, default 20)")
