@@ -224,6 +224,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
                ("pressure_fraction", "pressure_fraction", "{:.5f}"),
                ("resizes_per_vm_day", "resizes_per_vm_day", "{:.3f}"),
                ("forced_resizes_per_vm_day", "of which forced by bounds", "{:.3f}"),
+               ("own_resizes_per_vm_day", "of which own", "{:.3f}"),
+               ("migrated_gib_per_vm_day", "migrated GiB/VM-day", "{:.1f}"), ("slack", "slack", "{:.3f}"),
                ("seconds", "seconds", "{:.1f}")]
     first = results[0]
     print(f"{first['vms']} VMs, {first['vm_days']:.0f} VM-days, {first['samples']} samples "

@@ -33,6 +33,8 @@ def test_static_keeps_provisioned_memory(tmp_path: Path) -> None:
     rows = [(1, t * 300, 8, 1 + (t % 3)) for t in range(50)]
     r = replay(load_traces(write_trace(tmp_path / "t.csv", rows)), Static(), PARAMS)
     assert (r.memory_ratio, r.pressure_fraction, r.resizes_per_vm_day) == (1.0, 0.0, 0.0)
+    # usage 1, 2, 3 GiB in turn (17, 17 and 16 samples) under 8 GiB: three quarters go unused
+    assert r.slack == pytest.approx(1 - (17 * 1 + 17 * 2 + 16 * 3) / (50 * 8))
 
 
 def test_missing_samples_keep_assigned_and_do_not_count(tmp_path: Path) -> None:
@@ -41,7 +43,10 @@ def test_missing_samples_keep_assigned_and_do_not_count(tmp_path: Path) -> None:
     r = replay(load_traces(write_trace(tmp_path / "t.csv", rows)), DynamicMemory(), PARAMS)
     assert r.missing_samples == 144
     assert r.pressure_fraction == 0.0
-    assert r.resizes_per_vm_day == pytest.approx(1 / (287 * 300 / 86400))  # one shrink, 16 → 3 GiB
+    days = 287 * 300 / 86400
+    assert r.resizes_per_vm_day == pytest.approx(1 / days)  # one shrink, 16 → 3 GiB
+    assert r.own_resizes_per_vm_day == pytest.approx(1 / days)
+    assert r.migrated_gib_per_vm_day == pytest.approx(16 / days)  # the whole 16 GiB guest migrated once
 
 
 def test_decisions_use_only_earlier_samples(tmp_path: Path) -> None:
@@ -62,6 +67,7 @@ def test_bounds_follow_the_provisioned_size(tmp_path: Path) -> None:
     rows = [(1, t * 300, 0.5 if t % 2 else 0.75, 0.1) for t in range(20)]
     r = replay(load_traces(write_trace(tmp_path / "t.csv", rows, gz=True)), DynamicMemory(), PARAMS)
     assert r.resizes_per_vm_day == r.forced_resizes_per_vm_day > 0
+    assert (r.own_resizes_per_vm_day, r.migrated_gib_per_vm_day) == (0, 0)  # the trace's doing, not ours
 
 
 def test_oracle_is_the_floor_of_memory(tmp_path: Path) -> None:

@@ -8,7 +8,12 @@ Rules, exactly:
 - pressure_fraction = share of non-missing samples with usage > assigned, among those whose usage
   is within the provisioned memory (no policy within bounds can serve the rest);
 - resizes_per_vm_day = changes of assigned / VM-days covered. Changes forced by the bounds moving
-  (a VM of 1 GiB or less follows its provisioned size) count too, and are also shown apart.
+  (a VM of 1 GiB or less follows its provisioned size) count too, and are also shown apart;
+  own_resizes_per_vm_day are the rest: the policy's own choices, what it answers for;
+- migrated_gib_per_vm_day = the memory its own changes copy: each is a live migration of the whole
+  guest, at its size before the change;
+- slack = Σ (assigned − usage) / Σ assigned over the non-missing samples served (usage ≤ assigned):
+  how much of what is assigned goes unused.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ class ReplayResult:
     pressure_fraction: float
     resizes_per_vm_day: float
     forced_resizes_per_vm_day: float
+    own_resizes_per_vm_day: float
+    migrated_gib_per_vm_day: float
+    slack: float
     vms: int
     vm_days: float
     samples: int
@@ -62,11 +70,11 @@ def replay_params(base: PolicyParams) -> PolicyParams:
 
 
 class _Score:
-    __slots__ = ("assigned", "by_reason", "changes", "forced", "missing", "nonmissing", "pressured", "provisioned",
-                 "samples")
+    __slots__ = ("assigned", "by_reason", "changes", "forced", "migrated", "missing", "nonmissing", "pressured",
+                 "provisioned", "samples", "served", "unused")
 
     def __init__(self) -> None:
-        self.assigned = self.provisioned = 0
+        self.assigned = self.provisioned = self.migrated = self.served = self.unused = 0
         self.samples = self.missing = self.nonmissing = self.pressured = 0
         self.changes = self.forced = 0
         self.by_reason: dict[str, int] = {}
@@ -78,13 +86,19 @@ class _Score:
         if after != before:
             self.changes += 1
             self.forced += forced
+            if not forced:
+                self.migrated += before
             code = "Forced" if forced else code
             self.by_reason[code] = self.by_reason.get(code, 0) + 1
         if usage <= 0:
             self.missing += 1
-        elif usage <= prov:
+            return
+        if usage <= prov:
             self.nonmissing += 1
             self.pressured += usage > after
+        if usage <= after:
+            self.served += after
+            self.unused += after - usage
 
     def result(self, name: str, traces: Sequence[VMTrace], seconds: float) -> ReplayResult:
         vm_days = sum(t.days for t in traces) or 1.0
@@ -94,6 +108,9 @@ class _Score:
             pressure_fraction=self.pressured / self.nonmissing if self.nonmissing else 0.0,
             resizes_per_vm_day=self.changes / vm_days,
             forced_resizes_per_vm_day=self.forced / vm_days,
+            own_resizes_per_vm_day=(self.changes - self.forced) / vm_days,
+            migrated_gib_per_vm_day=self.migrated / GIB / vm_days,
+            slack=self.unused / self.served if self.served else 0.0,
             vms=len(traces), vm_days=round(vm_days, 3), samples=self.samples,
             missing_samples=self.missing, seconds=round(seconds, 2),
             resizes_by_reason=dict(sorted(self.by_reason.items(), key=lambda kv: -kv[1])))
