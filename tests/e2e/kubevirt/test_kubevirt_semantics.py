@@ -67,7 +67,10 @@ def short_vm(cp: ControlPlane, handler: VirtHandler, ns: str, name: str, manifes
 def test_a_partial_unplug_does_not_stop_the_next_grow(kv_cluster: ControlPlane, kv_rig: KubeVirtRig,
                                                      virt_handler: VirtHandler, kv_operator: Operator) -> None:
     ns = namespace(kv_cluster, "sem-unplug")
-    policy(kv_cluster, ns, "unplug", scaleDown={"stabilizationWindow": "30s", "minHistory": "10s", "maxPerHour": 2})
+    # the grow is 2Gi → 2.98Gi when the operator reads the guest's capped demand before its paging,
+    # larger after: a 512Mi step makes the shrink back to 2Gi worth it either way (1Gi would not)
+    policy(kv_cluster, ns, "unplug", scaleDown={"stabilizationWindow": "30s", "minHistory": "10s", "maxPerHour": 2,
+                                                "minStep": "512Mi"})
     virt_handler.set_demand(ns, "unplug", GIB)
     apply(kv_cluster, vm_manifest("unplug", ns, labels={"app": "unplug"}))
     running_vmi(kv_cluster, "unplug", ns)
