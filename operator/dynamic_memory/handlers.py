@@ -71,6 +71,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
+    # the first LIST of each resource in pages, as client-go's reflectors do: not every pod of the
+    # cluster parsed at once (a 1,000-VM cluster's launcher pods alone are megabytes of JSON)
+    settings.watching.chunk_size = 500
     settings.persistence.finalizer = "dynamicmemory.io/finalizer"
     try:
         cfg = OperatorConfig.from_env()
