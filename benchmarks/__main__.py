@@ -94,10 +94,18 @@ def table(summary: dict[str, Any], results: dict[str, dict[str, Any] | None]) ->
     if replay:
         lines += ["", f"## Memory saved on real traces ({replay['trace']}: {replay['vms']} VMs, "
                       f"{replay['vm_days']:.0f} VM-days{', quick' if replay.get('quick') else ''})", "",
-                  "| policy | memory_ratio | pressure_fraction | resizes_per_vm_day |", "|---|---|---|---|"]
+                  "| policy | memory_ratio | pressure_fraction | resizes_per_vm_day | own resizes/VM-day "
+                  "| migrated GiB/VM-day | slack |", "|---|---|---|---|---|---|---|"]
         for name, p in replay["replay"].items():
+            own = p.get("own_resizes_per_vm_day")  # absent from results written before these columns
             lines.append(f"| {name} | {p['memory_ratio']:.4f} | {p['pressure_fraction']:.5f} | "
-                         f"{p['resizes_per_vm_day']:.3f} |")
+                         f"{p['resizes_per_vm_day']:.3f} | "
+                         + (f"{own:.3f} | {p['migrated_gib_per_vm_day']:.1f} | {p['slack']:.3f} |" if own is not None
+                            else "— | — | — |"))
+        if at := replay.get("optimum_at_our_budget"):
+            lines += ["", f"The offline optimum at our own {at['budget']:.3f} resizes/VM-day keeps memory_ratio "
+                          f"{at['memory_ratio']:.4f} (using {at['own_resizes_per_vm_day']:.3f}): ours is "
+                          f"{replay['ours_over_optimum']:.2f}× that. Its frontier is the right panel of replay.png."]
         lines += ["", "Ours by `bufferPercent` (20 is the default):", "",
                   "| bufferPercent | memory_ratio | pressure_fraction | resizes_per_vm_day |", "|---|---|---|---|"]
         for c in replay["buffer_curve"]:

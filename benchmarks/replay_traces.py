@@ -1,6 +1,7 @@
 """Memory saved on real traces: the month of ../shared/traces replayed through every policy
 (ours and the baselines of peers.md, the same engine code the operator runs), plus ours at several
-buffer settings as a curve, and the oracle that knows the future as the physical limit.
+buffer settings as a curve, the oracle that knows the future as the physical limit, and the offline
+optimum's frontier: the least memory at each budget of own resizes (every resize is a migration).
 Two worker processes share the loaded traces (fork), one replay each at a time.
 """
 
@@ -8,11 +9,12 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 from benchmarks.common import RESULTS, TRACES, say
 from dynamic_memory.model import PolicyParams
+from dynamic_memory.sim.optimum import FrontierPoint, VMOptimum, budgets, fleet_optimum, frontier
 from dynamic_memory.sim.replay import SLOT_S, replay, replay_oracle
 from dynamic_memory.sim.report import policies
 from dynamic_memory.sim.traces import VMTrace, load_traces
@@ -25,25 +27,34 @@ QUICK_VMS = 50
 _traces: list[VMTrace] = []
 
 
+BUDGET_MAX = 4.0
+"""The frontier's largest budget of own resizes per VM-day."""
+
+
 def _one(job: tuple[str, int]) -> dict[str, Any]:
     name, buffer = job
     if name == "oracle":
         return replay_oracle(_traces).as_dict()
+    if name == "optimum":
+        return {"policy": "optimum", "vms": fleet_optimum(_traces, BUDGET_MAX)}
     policy = {p.name: p for p in policies(SLOT_S)}[name]
     params = replace(PolicyParams(startup=0, minimum=0, maximum=2**62), buffer_percent=buffer)
     return {**replay(_traces, policy, params).as_dict(), "buffer_percent": buffer}
 
 
-def plot(points: dict[str, dict[str, Any]], curve: list[dict[str, Any]], title: str) -> None:
-    """memory_ratio against pressure_fraction: each policy a point, ours a curve over the buffer.
-    Lower left is better on both; each buffer label is tied to its point by a line, because the
-    smallest buffers sit almost on one point."""
+def plot(points: dict[str, dict[str, Any]], curve: list[dict[str, Any]], front: list[FrontierPoint],
+         title: str) -> None:
+    """Left: memory_ratio against pressure_fraction, each policy a point, ours a curve over the
+    buffer; lower left is better on both; each buffer label is tied to its point by a line, because
+    the smallest buffers sit almost on one point. Right: memory_ratio against own resizes per
+    VM-day, with the offline optimum's frontier: how far each policy is from the least memory its
+    migrations could buy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(10, 5.8), layout="constrained")
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(15, 6), layout="constrained", width_ratios=(1.15, 1))
     xs = [c["pressure_fraction"] for c in curve]
     ys = [c["memory_ratio"] for c in curve]
     ax.plot(xs, ys, "o-", color="tab:blue", label="dynamic-memory at bufferPercent …", zorder=3)
@@ -52,12 +63,13 @@ def plot(points: dict[str, dict[str, Any]], curve: list[dict[str, Any]], title: 
         ax.annotate(f"{c['buffer_percent']}%{default}", (c["pressure_fraction"], c["memory_ratio"]),
                     textcoords="offset points", xytext=(-70 - 6 * i, 34 - 17 * i), fontsize=8, color="tab:blue",
                     ha="right", va="center", arrowprops={"arrowstyle": "-", "color": "tab:blue", "lw": 0.6})
+    colors = {}
     for name, p in points.items():
         if name in ("dynamic-memory", "oracle"):
             continue
-        ax.plot(p["pressure_fraction"], p["memory_ratio"], "s", markersize=7, label=name, zorder=3)
-    oracle = points["oracle"]["memory_ratio"]
-    ax.axhline(oracle, color="black", linestyle="--", linewidth=1, label=f"oracle (knows the future): {oracle:.3f}")
+        (mark,) = ax.plot(p["pressure_fraction"], p["memory_ratio"], "s", markersize=7, label=name, zorder=3)
+        colors[name] = mark.get_color()
+    _frontier(bx, points, curve, front, colors)
     ax.set_xscale("symlog", linthresh=1e-4)
     ax.set_xlim(-1e-5, 2 * max(max(xs), *(p["pressure_fraction"] for p in points.values())))
     ax.set_ylim(0, 1.08)
@@ -66,12 +78,41 @@ def plot(points: dict[str, dict[str, Any]], curve: list[dict[str, Any]], title: 
                 ha="center", arrowprops={"arrowstyle": "->", "color": "darkgreen", "lw": 1.5})
     ax.set_xlabel("pressure_fraction: share of samples with demand above assigned (linear below 1e-4, log above)")
     ax.set_ylabel("memory_ratio: assigned ÷ provisioned")
-    ax.set_title(title, fontsize=10)
+    ax.set_title("memory against pressure", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.suptitle(title, fontsize=11)
     RESULTS.mkdir(parents=True, exist_ok=True)
     fig.savefig(RESULTS / "replay.png", dpi=120)
     plt.close(fig)
+
+
+def _frontier(bx: Any, points: dict[str, dict[str, Any]], curve: list[dict[str, Any]],
+              front: list[FrontierPoint], colors: dict[str, str]) -> None:
+    """memory_ratio against own resizes per VM-day: the optimum's frontier and every policy."""
+    bx.plot([f.own_resizes_per_vm_day for f in front], [f.memory_ratio for f in front], "-", color="black",
+            label="offline optimum: the least memory with that many own resizes")
+    bx.plot([c["own_resizes_per_vm_day"] for c in curve], [c["memory_ratio"] for c in curve], "o-", color="tab:blue",
+            label="dynamic-memory at bufferPercent 5 … 100", zorder=3)
+    ours = points["dynamic-memory"]
+    bx.annotate("20% (default)", (ours["own_resizes_per_vm_day"], ours["memory_ratio"]), textcoords="offset points",
+                xytext=(-60, -30), fontsize=8, color="tab:blue", ha="right",
+                arrowprops={"arrowstyle": "-", "color": "tab:blue", "lw": 0.6})
+    for name, color in colors.items():
+        p = points[name]
+        if p["own_resizes_per_vm_day"] > 0:  # a policy that never resizes has no place on a log scale
+            bx.plot(p["own_resizes_per_vm_day"], p["memory_ratio"], "s", markersize=7, color=color, label=name,
+                    zorder=3)
+    bx.text(0.02, 0.02, "the optimum never lets usage exceed what is assigned; a policy near or below it\n"
+            "pays in pressure (left panel). static (no resizes, ratio 1) is off this log scale.",
+            transform=bx.transAxes, fontsize=8, va="bottom")
+    bx.set_xscale("log")
+    bx.set_xlabel("own resizes per VM-day (each a live migration; not those the trace forced), log scale")
+    bx.set_ylabel("memory_ratio: assigned ÷ provisioned")
+    bx.set_ylim(0, 1.08)
+    bx.set_title("memory against migrations", fontsize=10)
+    bx.grid(True, alpha=0.3, which="both")
+    bx.legend(fontsize=8, loc="upper right")
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -81,20 +122,31 @@ def run(quick: bool = False) -> dict[str, Any]:
     _traces = load_traces(TRACE)
     if quick:
         _traces = _traces[:QUICK_VMS]
-    jobs = [(p.name, 20) for p in policies(SLOT_S)] + [("oracle", 0)]
+    jobs = [("optimum", 0)] + [(p.name, 20) for p in policies(SLOT_S)] + [("oracle", 0)]
     jobs += [("dynamic-memory", b) for b in BUFFERS if b != 20]
     with multiprocessing.get_context("fork").Pool(2) as pool:
         results = pool.map(_one, jobs, chunksize=1)
+    optimum: list[VMOptimum] = results.pop(0)["vms"]
+    jobs.pop(0)
     points = {r["policy"]: r for r, (_, b) in zip(results, jobs, strict=True) if b in (20, 0)}
+    front = frontier(optimum, budgets(high=BUDGET_MAX))
+    own = points["dynamic-memory"]["own_resizes_per_vm_day"]
+    (at_ours,) = frontier(optimum, [own])
     curve = sorted((r for r in results if r["policy"] == "dynamic-memory"), key=lambda r: r["buffer_percent"])
     head = results[0]
     title = (f"{TRACE.name}: {head['vms']} VMs, {head['vm_days']:.0f} VM-days"
              + (f" (quick: first {QUICK_VMS} VMs)" if quick else ""))
-    plot(points, curve, title)
-    summary = {name: {k: p[k] for k in ("memory_ratio", "pressure_fraction", "resizes_per_vm_day")}
+    plot(points, curve, front, title)
+    summary = {name: {k: p[k] for k in ("memory_ratio", "pressure_fraction", "resizes_per_vm_day",
+                                        "own_resizes_per_vm_day", "migrated_gib_per_vm_day", "slack")}
                for name, p in points.items()}
+    over = points["dynamic-memory"]["memory_ratio"] / at_ours.memory_ratio
     result = {"trace": TRACE.name, "vms": head["vms"], "vm_days": head["vm_days"], "quick": quick,
-              "policies": points, "buffer_curve": curve, "replay": summary, "seconds": time.perf_counter() - started}
+              "policies": points, "buffer_curve": curve, "replay": summary,
+              "optimum_frontier": [asdict(f) for f in front], "optimum_at_our_budget": asdict(at_ours),
+              "ours_over_optimum": over, "seconds": time.perf_counter() - started}
+    say(f"replay: the offline optimum at our own {own:.3f} resizes/VM-day: memory_ratio "
+        f"{at_ours.memory_ratio:.4f} (it used {at_ours.own_resizes_per_vm_day:.3f}); ours is {over:.2f}× that")
     for name, p in points.items():
         say(f"replay: {name:>15}: memory_ratio {p['memory_ratio']:.4f}, pressure_fraction "
             f"{p['pressure_fraction']:.5f}, resizes/VM-day {p['resizes_per_vm_day']:.3f}")
