@@ -87,7 +87,7 @@ def allows(placement: Placement | None, node: NodeState) -> bool:
 def _order(entries: Sequence[Entry], decisions: Sequence[Decision]) -> list[int]:
     """Indexes of the changes to place: heaviest weight first, grows before shrinks, then the VM
     shortest of memory (largest grow relative to its size), then by key for a stable plan."""
-    changes = [i for i, d in enumerate(decisions) if d.target != d.current and d.limited is not Limit.BLOCKED]
+    changes = [i for i, d in enumerate(decisions) if d.changes and d.limited is not Limit.BLOCKED]
     return sorted(changes, key=lambda i: (-entries[i].params.weight, decisions[i].action is not Action.GROW,
                                           -(decisions[i].target - decisions[i].current) / max(decisions[i].current, 1),
                                           decisions[i].key))
