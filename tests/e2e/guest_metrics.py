@@ -40,6 +40,10 @@ class Guest:
     last: float = field(default_factory=time.monotonic)
     vmi_labels: dict[str, str] = field(default_factory=dict)
     """The VMI's labels, exported as virt-handler does: kubernetes_vmi_label_<key, with . / - as _>."""
+    unused: int | None = None
+    """MemFree as measured (a real guest); None: half of what is usable."""
+    domain: int | None = None
+    """The domain's memory (guestCurrent) when it differs from MemTotal (a real guest's kernel keeps some)."""
 
     def advance(self, now: float) -> None:
         dt, self.last = now - self.last, now
@@ -73,6 +77,14 @@ class GuestMetrics:
             guest.node, guest.available, guest.demand = node, available, demand
             guest.major_faults_per_s, guest.swap_in_per_s = major_faults_per_s, swap_in_per_s
 
+    def measured(self, namespace: str, name: str, *, node: str, domain: int, total: int, available: int, free: int,
+                 major_faults: int, swap_in: int, vmi_labels: dict[str, str]) -> None:
+        """A real guest, as its balloon driver reported it: MemTotal, MemAvailable, MemFree and counters."""
+        with self.lock:
+            self.guests[(namespace, name)] = Guest(node, total, total - available, major_faults=major_faults,
+                                                   swapped_in=swap_in, vmi_labels=dict(vmi_labels), unused=free,
+                                                   domain=domain)
+
     def short_of_memory(self, namespace: str, name: str, *, node: str, available: int) -> None:
         """The guest wants more than it has: it shows no more use than it has, and pages instead
         (16 MiB of headroom, 1000 major faults a second)."""
@@ -104,10 +116,10 @@ class GuestMetrics:
                 mine = {_label(k): v for k, v in g.vmi_labels.items()}
                 labels = [name, ns, g.node] + [mine.get(k, "") for k in extra]
                 usable = max(0, g.available - g.demand)
-                fams["domain"].add_metric(labels, g.available)
+                fams["domain"].add_metric(labels, g.available if g.domain is None else g.domain)
                 fams["available"].add_metric(labels, g.available)
                 fams["usable"].add_metric(labels, usable)
-                fams["unused"].add_metric(labels, usable // 2)
+                fams["unused"].add_metric(labels, usable // 2 if g.unused is None else g.unused)
                 fams["swap"].add_metric(labels, g.swapped_in)
                 fams["faults"].add_metric(labels, g.major_faults)
         yield from fams.values()

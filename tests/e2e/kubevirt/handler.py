@@ -8,7 +8,11 @@ does on a node, for the VMIs that KubeVirt's own controllers scheduled onto kwok
   on success the VMI moves to the target node with its new memory, and the source pod ends;
 - an unplug releases only part of the memory when a test says so (`guestCurrent` stays above
   `guestRequested`, as virtio-mem may leave it);
-- guest memory metrics, with virt-handler's names and labels, from the demand each test sets.
+- guest memory metrics, with virt-handler's names and labels, from the demand each test sets;
+- a VMI labelled `e2e.dynamicmemory.io/real-guest: "true"` runs as a real Linux guest under QEMU
+  (tests/e2e/guest/): boot memory guestAtBoot, virtio-mem up to maxGuest; a migration that changes
+  its size ends with virtio-mem asked for the new size, `guestCurrent` follows what QEMU really
+  holds (so a partial unplug is the guest's own doing), and its metrics are the balloon driver's.
 
 Reads with the admin identity, writes as KubeVirt's `kubevirt-handler` ServiceAccount (its role
 may patch VMIs; virt-api's webhooks accept status changes only from KubeVirt's accounts). Facts:
@@ -21,17 +25,22 @@ import datetime
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 from kubernetes import client, config
 
+from tests.e2e.guest.qemu import QemuGuest, artifacts
 from tests.e2e.guest_metrics import GuestMetrics
 from tests.e2e.units import GIB, MIB, parse_quantity, to_quantity
 
 log = logging.getLogger("virt-handler")
 KUBEVIRT = ("kubevirt.io", "v1")
+REAL_GUEST_LABEL = "e2e.dynamicmemory.io/real-guest"
+MAX_REAL_GUESTS = 3
+"""Real guests at once: each is a QEMU process emulating its CPU (about 1 GiB of this machine's memory)."""
 MEMORY_LABELS = ("kubevirt.io/vmi-pod-memory-resource-requests", "kubevirt.io/memory-hotplug-overhead-ratio")
 
 
@@ -81,6 +90,11 @@ class VirtHandler:
         self.migrations: dict[str, _Migration] = {}
         self.errors: list[str] = []
         self.exported: set[str] = set()
+        self.guests: dict[str, QemuGuest] = {}
+        """namespace/name of the VMIs that run as real guests."""
+        self.requested_at: dict[str, float] = {}
+        """When virtio-mem was last asked for a new size, per real guest (epoch seconds): the migration's end."""
+        self._images: Path | None = None
         """namespace/name of the guests whose metrics this handler serves."""
         self.period_s = period_s
         self._stop = threading.Event()
@@ -95,15 +109,26 @@ class VirtHandler:
         with self._lock:
             self.demand[f"{namespace}/{name}"] = demand
 
+    def real_guest(self, namespace: str, name: str, timeout_s: float = 120) -> QemuGuest:
+        """The real guest of a VMI, once its QEMU has started and its /init answers."""
+        deadline = time.monotonic() + timeout_s
+        while (guest := self.guests.get(f"{namespace}/{name}")) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waited {timeout_s:.0f}s for the real guest of {namespace}/{name}: {self.errors}")
+            time.sleep(0.2)
+        guest.wait_booted(max(deadline - time.monotonic(), 1.0))
+        return guest
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        for guest in list(self.guests.values()):
+            guest.stop()
+        self.guests.clear()
 
     # --- the loop ------------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        import time
-
         while not self._stop.is_set():
             if not self.settings.paused:
                 try:
@@ -130,10 +155,17 @@ class VirtHandler:
                 elif phase == "Running":
                     seen.add(key)
                     self._migrate(vmi, pods, now)
-                    self._export(vmi)
+                    if key in self.guests:
+                        self._follow(vmi, self.guests[key])
+                    if not self._export(vmi):
+                        seen.discard(key)
             except client.exceptions.ApiException as exc:
                 if exc.status not in (409, 422):  # a race with virt-controller: next sync
                     raise
+        running = {f"{v['metadata']['namespace']}/{v['metadata']['name']}" for v in vmis
+                   if (v.get("status") or {}).get("phase") in ("Scheduled", "Running")}
+        for key in set(self.guests) - running:  # the VMI is gone or ended: so is its domain
+            self.guests.pop(key).stop()
         for key in self.exported - seen:  # only its own guests: the metrics endpoint is shared with other tests
             self.metrics.remove(*key.split("/", 1))
         self.exported = seen
@@ -161,6 +193,8 @@ class VirtHandler:
         """The domain started: Running, as virt-handler reports it."""
         now = _now()
         key = f"{vmi['metadata']['namespace']}/{vmi['metadata']['name']}"
+        if (vmi["metadata"].get("labels") or {}).get(REAL_GUEST_LABEL) == "true" and not self._boot(vmi, key):
+            return
         kinds = ("Ready",) if key in self.settings.not_migratable else ("Ready", "LiveMigratable")
         ours = [{"type": t, "status": "True", "lastProbeTime": None, "lastTransitionTime": now} for t in kinds]
         self._patch(vmi, [
@@ -208,9 +242,14 @@ class VirtHandler:
             return
         memory = dict(status.get("memory") or {})
         wanted = (((vmi.get("spec") or {}).get("domain") or {}).get("memory") or {}).get("guest")
+        guest = self.guests.get(key)
         if wanted:
             requested, current = parse_quantity(wanted), parse_quantity(memory.get("guestCurrent", wanted))
-            if requested < current:  # an unplug: the guest may give back only part of it
+            if guest is not None:  # virtio-mem plugs or unplugs what the guest lets it, in its own time
+                guest.request(requested)
+                self.requested_at[key] = time.time()
+                current = guest.current()
+            elif requested < current:  # an unplug: the guest may give back only part of it
                 released = int((current - requested) * self.settings.unplug_release) // (2 * MIB) * (2 * MIB)
                 current -= released
             else:
@@ -243,8 +282,33 @@ class VirtHandler:
             if exc.status != 404:
                 raise
 
-    def _export(self, vmi: dict[str, Any]) -> None:
-        """The guest's memory metrics, as virt-handler's domain stats export them."""
+    def _boot(self, vmi: dict[str, Any], key: str) -> bool:
+        """Start the real guest of a VMI (its domain): False while it cannot run here."""
+        if key in self.guests:
+            return True
+        if len(self.guests) >= MAX_REAL_GUESTS:
+            message = f"{key}: not started, {MAX_REAL_GUESTS} real guests run already"
+            if message not in self.errors:
+                self.errors.append(message)
+            return False
+        memory = (vmi.get("status") or {}).get("memory") or {}
+        spec = ((vmi.get("spec") or {}).get("domain") or {}).get("memory") or {}
+        boot = parse_quantity(memory.get("guestAtBoot") or spec["guest"])
+        if self._images is None:
+            self._images = artifacts()
+        self.guests[key] = QemuGuest(self._images, boot, parse_quantity(spec.get("maxGuest") or spec["guest"]), key)
+        return True
+
+    def _follow(self, vmi: dict[str, Any], guest: QemuGuest) -> None:
+        """guestCurrent follows what QEMU holds, as virt-handler reports the domain's current memory."""
+        memory = (vmi.get("status") or {}).get("memory") or {}
+        current = guest.current()
+        if memory.get("guestCurrent") and parse_quantity(memory["guestCurrent"]) != current:
+            self._patch(vmi, [{"op": "add", "path": "/status/memory/guestCurrent", "value": to_quantity(current)}])
+
+    def _export(self, vmi: dict[str, Any]) -> bool:
+        """The guest's memory metrics, as virt-handler's domain stats export them: False when it has
+        none yet (a real guest whose balloon driver has not reported)."""
         meta, status = vmi["metadata"], vmi["status"]
         key = f"{meta['namespace']}/{meta['name']}"
         current = parse_quantity((status.get("memory") or {}).get("guestCurrent") or "0") or GIB
@@ -252,8 +316,16 @@ class VirtHandler:
             demand = self.demand.get(key, GIB)
         node = status.get("nodeName") or ""
         labels = {k: v for k, v in (meta.get("labels") or {}).items() if not k.startswith("kubevirt.io/")}
-        if demand >= current:  # it wants more than it has: it pages
+        if key in self.guests:
+            stats = self.guests[key].stats()
+            if stats is None:
+                return False
+            self.metrics.measured(meta["namespace"], meta["name"], node=node, domain=current, total=stats.total,
+                                  available=stats.available, free=stats.free, major_faults=stats.major_faults,
+                                  swap_in=stats.swap_in, vmi_labels=labels)
+        elif demand >= current:  # it wants more than it has: it pages
             self.metrics.short_of_memory(meta["namespace"], meta["name"], node=node, available=current)
         else:
             self.metrics.set(meta["namespace"], meta["name"], node=node, available=current, demand=demand,
                              vmi_labels=labels)
+        return True
