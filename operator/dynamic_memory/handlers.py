@@ -263,9 +263,11 @@ def _status(key: str, result: PolicyPass, state: PassState, conditions: list[dic
                        "that until it is stopped" for vm in result.raised_floor[:10])
     kept = "; ".join(f"{vm} kept {format_bytes(gap)} of its last unplug (guestCurrent above guestRequested)"
                      for vm, gap in list(result.unplug_gaps.items())[:10])
+    short = "; ".join(f"{vm} has not plugged {format_bytes(gap)} of its size (guestCurrent below guestRequested)"
+                      for vm, gap in list(result.plug_gaps.items())[:10])
     conditions = set_condition(conditions, READY, True, "Reconciled",
                                f"{len(result.decisions)} running of {len(result.selected)} selected VMs decided"
-                               + "".join(f"; {x}" for x in (overlap, raised, kept) if x), generation, now)
+                               + "".join(f"; {x}" for x in (overlap, raised, kept, short) if x), generation, now)
     return {"conditions": conditions, "observedGeneration": generation,
             **summary(len(result.selected), result.decisions, state.time)}
 

@@ -216,6 +216,9 @@ class VMState:
     unplug_gap: int = 0
     """guestCurrent above guestRequested: memory the guest did not give back after an unplug
     (KubeVirt does not guarantee a full unplug). Reported; it does not block the next change."""
+    plug_gap: int = 0
+    """guestCurrent below guestRequested once no change is under way: memory virtio-mem has not
+    plugged into the guest (seen in real guests squeezed by a partial unplug). Reported."""
     placement: Placement | None = None
     """Where its pods may run (from its virt-launcher pod); None: any node."""
     unlanded: int = 0

@@ -63,6 +63,8 @@ class PolicyPass:
     that size until they are stopped, when the boot size is set back."""
     unplug_gaps: dict[str, int] = field(default_factory=dict)
     """VMs whose guest kept part of an unplug (guestCurrent above guestRequested), in bytes."""
+    plug_gaps: dict[str, int] = field(default_factory=dict)
+    """VMs whose guest has not plugged all it was given (guestCurrent below guestRequested), in bytes."""
 
 
 def metrics_group(key: str, spec: PolicySpec) -> tuple[SignalSpec, MetricsView]:
@@ -178,6 +180,8 @@ def plan_all(snapshot: Snapshot, signals: Mapping[str, DemandSignal], now: float
                 result.raised_floor.append(vm_key)
             if state.unplug_gap:
                 result.unplug_gaps[vm_key] = state.unplug_gap
+            if state.plug_gap:
+                result.plug_gaps[vm_key] = state.plug_gap
             ours[vm_key] = Entry(state, signals.get(vm_key, DemandSignal(None, None, False)), params)
     world = cluster(snapshot.nodes, snapshot.pods, migrating_vmis(snapshot), snapshot.limits, snapshot.own_cap,
                     snapshot.reserve)

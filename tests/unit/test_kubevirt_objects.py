@@ -114,6 +114,16 @@ def test_a_partial_unplug_does_not_block_and_is_reported() -> None:
     assert state.assigned == 4 * GIB and state.unplug_gap == 2 * GIB
 
 
+def test_a_plug_that_stopped_short_is_reported_once_the_change_is_done() -> None:
+    done = vm_state(vm(guest="4Gi"), vmi(current="3Gi", requested="4Gi"), NOW)
+    assert done is not None and done.blocked is None
+    assert done.assigned == 4 * GIB and done.plug_gap == GIB and done.unplug_gap == 0
+    under_way = vmi(current="3Gi", requested="4Gi", conditions=[{"type": "LiveMigratable", "status": "True"},
+                                                                 {"type": "HotMemoryChange", "status": "True"}])
+    settling = vm_state(vm(guest="4Gi"), under_way, NOW)
+    assert settling is not None and settling.blocked is not None and settling.plug_gap == 0
+
+
 def test_overhead_is_the_launcher_pod_request_minus_the_guest() -> None:
     state = vm_state(vm(), vmi(), NOW, pod_request=4 * GIB + 268 * MIB)
     assert state is not None and state.overhead == 268 * MIB

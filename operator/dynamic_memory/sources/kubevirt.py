@@ -214,6 +214,7 @@ def vm_state(vm: Obj, vmi: Obj, now: float, *, pod_request: int | None = None,
         own_change=blocked in OWN_BLOCKS and ours is not None and ours == spec_guest,
         alignment=HUGEPAGES_1GI_BLOCK if hugepages == "1Gi" else KUBEVIRT_BLOCK,
         unplug_gap=max(current - requested, 0),
+        plug_gap=max(requested - current, 0) if blocked not in OWN_BLOCKS else 0,
         placement=placement,
         changed_at=ended,
     )

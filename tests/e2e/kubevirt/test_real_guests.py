@@ -197,7 +197,14 @@ def test_an_unplug_the_guest_can_only_partly_honour(kv_cluster: ControlPlane, kv
                          detail=lambda: f"QEMU holds {guest.current()}, the grow asked {regrown}; "
                          f"{guest.console_tail()}\n" + vm_story(kv_cluster, "partial", ns))
     plugged = wait_for("the plug to settle", lambda: settled(guest), 90, every_s=0)
+    memory = get(kv_cluster, "vmi", "partial", ns)["status"]["memory"]
+    short = parse_quantity(memory["guestRequested"]) - parse_quantity(memory["guestCurrent"])
+    if short > 0:  # seen in every run here: a plug into a guest squeezed this way stops short
+        wait_for("the short plug in the policy's status", lambda: (c := condition(get(
+            kv_cluster, "dmp", "partial", ns), "Ready")) and f"{key} has not plugged" in c["message"], 30,
+            detail=lambda: vm_story(kv_cluster, "partial", ns))
     print(f"\nreal guest: asked to unplug {(grown - shrunk) / MIB:.0f}Mi while holding 1100Mi, it gave back "
           f"{(grown - shrunk - kept) / MIB:.0f}Mi and kept {kept / MIB:.0f}Mi (MemAvailable "
           f"{squeezed / MIB:.0f}Mi); the operator grew it to {regrown / MIB:.0f}Mi: MemAvailable back to "
-          f"{available / MIB:.0f}Mi, QEMU settled at {plugged / MIB:.0f}Mi")
+          f"{available / MIB:.0f}Mi, QEMU settled at {plugged / MIB:.0f}Mi ({short / MIB:.0f}Mi not plugged, "
+          f"reported: {short > 0})")
