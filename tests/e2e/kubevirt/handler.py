@@ -90,12 +90,12 @@ class VirtHandler:
         self.migrations: dict[str, _Migration] = {}
         self.errors: list[str] = []
         self.exported: set[str] = set()
+        """namespace/name of the guests whose metrics this handler serves."""
         self.guests: dict[str, QemuGuest] = {}
         """namespace/name of the VMIs that run as real guests."""
         self.requested_at: dict[str, float] = {}
         """When virtio-mem was last asked for a new size, per real guest (epoch seconds): the migration's end."""
         self._images: Path | None = None
-        """namespace/name of the guests whose metrics this handler serves."""
         self.period_s = period_s
         self._stop = threading.Event()
         self._lock = threading.Lock()

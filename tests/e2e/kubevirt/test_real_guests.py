@@ -35,7 +35,6 @@ from tests.e2e.units import GIB, MIB, parse_quantity
 pytestmark = pytest.mark.real_guest
 
 BOOT = GIB
-MAX_GUEST = 4 * GIB
 POLICY = {"startup": "1Gi", "minimum": "1Gi", "maximum": "4Gi", "minimumBuffer": "1Gi",
           "scaleUp": {"minStep": "256Mi"},
           "scaleDown": {"stabilizationWindow": "30s", "minHistory": "10s", "minStep": "256Mi", "maxPerHour": 4}}
