@@ -131,7 +131,10 @@ def test_a_real_guest_grows_and_gives_its_memory_back(kv_cluster: ControlPlane, 
     assert guest.meminfo()[0] == boot_total + shrunk - BOOT
     wait_for("guestCurrent at the shrunk size", lambda: parse_quantity(get(kv_cluster, "vmi", "real", ns)[
         "status"]["memory"]["guestCurrent"]) == shrunk, 30)
-    assert len(operator_patches(kv_cluster, ns, "real", resizes=True)) == 2
+    # resizes the API server accepted: a patch on a stale resourceVersion is refused with 409 and sent again
+    accepted = [e for e in operator_patches(kv_cluster, ns, "real", resizes=True)
+                if e.get("responseStatus", {}).get("code") == 200]
+    assert len(accepted) == 2, [e.get("responseStatus") for e in operator_patches(kv_cluster, ns, "real", resizes=True)]
     print(f"\nreal guest: PATCH → the guest's MemTotal up in {first_s:.1f}s (the migration's end → up: "
           f"{plug_s:.2f}s), +{(grown - BOOT) / MIB:.0f}Mi in {all_s:.1f}s; PATCH → {(grown - shrunk) / MIB:.0f}Mi "
           f"unplugged in {unplug_s:.1f}s (after the migration: {unplug_only_s:.1f}s); operator's demand "
