@@ -93,7 +93,8 @@ class ScaleRules:
 
     def step(self, current: int) -> int:
         """Smallest change in bytes that this direction acts on for a VM of `current` bytes."""
-        return max(self.min_step, current * self.min_step_percent // 100)
+        by_percent = current * self.min_step_percent // 100
+        return by_percent if by_percent > self.min_step else self.min_step
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,11 +277,14 @@ class Why(NamedTuple):
 
     code: str
     template: str
-    values: Mapping[str, object] = MappingProxyType({})
-    """The template's fields (never changed after the Why is built)."""
+    values: Mapping[str, object] | tuple[object, ...] = MappingProxyType({})
+    """The template's fields (never changed after the Why is built): by name, or by position for
+    the reasons built for every VM on every pass (a tuple is cheaper to build and free)."""
 
     def text(self) -> str:
         """The reason in words."""
+        if isinstance(self.values, tuple):
+            return _REASON.vformat(self.template, self.values, {})
         return _REASON.vformat(self.template, (), self.values)
 
 

@@ -87,14 +87,19 @@ def allows(placement: Placement | None, node: NodeState) -> bool:
 def _order(entries: Sequence[Entry], decisions: Sequence[Decision]) -> list[int]:
     """Indexes of the changes to place: heaviest weight first, grows before shrinks, then the VM
     shortest of memory (largest grow relative to its size), then by key for a stable plan."""
-    changes = [i for i, d in enumerate(decisions) if d.changes and d.limited is not Limit.BLOCKED]
-    return sorted(changes, key=lambda i: (-entries[i].params.weight, decisions[i].action is not Action.GROW,
-                                          -(decisions[i].target - decisions[i].current) / max(decisions[i].current, 1),
-                                          decisions[i].key))
+    grow, blocked = Action.GROW, Limit.BLOCKED  # enum members looked up once (0.25 µs each in Python 3.11)
+    keyed = [(-entries[i].params.weight, d.action is not grow, (d.current - d.target) / (d.current or 1), d.key, i)
+             for i, d in enumerate(decisions) if d.target != d.current and d.limited is not blocked]
+    keyed.sort()
+    return [k[4] for k in keyed]
+
+
+_HOLD, _AUTO = Action.HOLD, Mode.AUTO
+"""Looked up once: reading an enum member off its class costs about 0.25 µs in Python 3.11."""
 
 
 def _hold(d: Decision, limit: Limit, why: Why) -> Decision:
-    return Decision(d.key, d.node, d.current, d.current, Action.HOLD, d.why, d.demand, d.wanted, limit,
+    return Decision(d.key, d.node, d.current, d.current, _HOLD, d.why, d.demand, d.wanted, limit,
                     (*d.notes, why), d.landing)
 
 
@@ -110,7 +115,7 @@ def land(entries: Sequence[Entry], decisions: Sequence[Decision], cluster: Clust
         return out
     free = {name: node.free for name, node in cluster.nodes.items()}
     outbound = {name: node.outbound for name, node in cluster.nodes.items()}
-    left = cluster.migrations_left
+    left, no_slot = cluster.migrations_left, Limit.MIGRATIONS
     for entry in entries:  # changes under way whose target pods the scheduler has yet to place
         vm = entry.vm
         if vm.unlanded:
@@ -123,9 +128,9 @@ def land(entries: Sequence[Entry], decisions: Sequence[Decision], cluster: Clust
         d, vm = decisions[i], entries[i].vm
         # a recommendation shows where the change could land; only changes that are sent take
         # migrations and room from the ones after them
-        acts = entries[i].params.mode is Mode.AUTO
+        acts = entries[i].params.mode is _AUTO
         if acts and left <= 0:
-            out[i] = _hold(d, Limit.MIGRATIONS, _NO_SLOT)  # the wanted size stays on the decision
+            out[i] = _hold(d, no_slot, _NO_SLOT)  # the wanted size stays on the decision
             continue
         if acts and outbound.get(vm.node, 0) >= cluster.outbound_per_node:
             out[i] = _hold(d, Limit.MIGRATIONS, Why(
