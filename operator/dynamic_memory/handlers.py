@@ -31,6 +31,7 @@ from dynamic_memory.model import Limit, Mode, NodeState
 from dynamic_memory.quantity import format_bytes, parse_duration
 from dynamic_memory.reconcile import Plan, PolicyPass, Snapshot, metrics_groups, plan_all, running_vms
 from dynamic_memory.sources.cluster import PodInfo, migration_active, migration_limits, node_state, pod_info
+from dynamic_memory.sources.kubevirt import VM_FIELDS, VMI_FIELDS, project
 from dynamic_memory.sources.prometheus import Group, PrometheusError, PrometheusSettings, PrometheusSource
 from dynamic_memory.status import (
     BALLOON_ATTACHED,
@@ -111,14 +112,14 @@ def _cached(body: kopf.Body) -> dict[str, Any]:
 
 @kopf.index(*KUBEVIRT, "virtualmachines")
 def vm_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[str, tuple[str, dict[str, Any]]]:
-    """namespace → (name, VM)."""
-    return {namespace or "": (name, _cached(body))}
+    """namespace → (name, VM), only the fields the operator reads."""
+    return {namespace or "": (name, project(body, VM_FIELDS))}
 
 
 @kopf.index(*KUBEVIRT, "virtualmachineinstances")
 def vmi_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
-    """namespace/name → VMI."""
-    return {f"{namespace}/{name}": _cached(body)}
+    """namespace/name → VMI, only the fields the operator reads."""
+    return {f"{namespace}/{name}": project(body, VMI_FIELDS)}
 
 
 @kopf.index("", "v1", "nodes")

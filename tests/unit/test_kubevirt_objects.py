@@ -18,7 +18,16 @@ from dynamic_memory.actuators.kubevirt import (
 )
 from dynamic_memory.model import Action, Blocker, Decision, DemandSignal, PolicyParams, Why
 from dynamic_memory.quantity import GIB, MIB
-from dynamic_memory.sources.kubevirt import LAST_GROW, RESIZES, balloon_disabled, vm_state
+from dynamic_memory.sources.kubevirt import (
+    LAST_APPLIED,
+    LAST_GROW,
+    RESIZES,
+    VM_FIELDS,
+    VMI_FIELDS,
+    balloon_disabled,
+    project,
+    vm_state,
+)
 
 NOW = 1_800_000_000.0
 
@@ -59,7 +68,7 @@ def test_running_vm_reads_kubevirt_memory_status() -> None:
 MIGRATABLE = {"type": "LiveMigratable", "status": "True"}
 
 
-@pytest.mark.parametrize(("vm_kw", "vmi_kw", "blocker", "detail"), [
+BUSY = [
     ({"conditions": [{"type": "RestartRequired", "status": "True", "message": "lower than boot"}]}, {},
      Blocker.RESTART_REQUIRED, "lower than boot"),
     ({}, {"conditions": [{"type": "LiveMigratable", "status": "False", "message": "has a local disk"}]},
@@ -70,7 +79,10 @@ MIGRATABLE = {"type": "LiveMigratable", "status": "True"}
     ({}, {"migration": {"startTimestamp": "2027-01-15T08:00:00Z"}}, Blocker.MIGRATING, ""),
     ({}, {"requested": "6Gi"}, Blocker.CHANGE_PENDING, "guestRequested 6Gi"),
     ({"guest": "6Gi"}, {}, Blocker.CHANGE_PENDING, "spec guest 6Gi"),
-])
+]
+
+
+@pytest.mark.parametrize(("vm_kw", "vmi_kw", "blocker", "detail"), BUSY)
 def test_busy_vms_are_blocked_with_a_reason(vm_kw: dict[str, Any], vmi_kw: dict[str, Any], blocker: Blocker,
                                             detail: str) -> None:
     state = vm_state(vm(**vm_kw), vmi(**vmi_kw), NOW)
@@ -83,14 +95,17 @@ def test_a_pending_migration_object_blocks() -> None:
     assert state is not None and state.blocked is Blocker.MIGRATING
 
 
-@pytest.mark.parametrize(("vm_kw", "vmi_domain", "blocker"), [
+SHAPES = [
     ({"resources": {"requests": {"memory": "4Gi"}}}, {}, Blocker.MEMORY_REQUESTS),
     ({"resources": {"limits": {"memory": "8Gi"}}}, {}, Blocker.MEMORY_REQUESTS),
     ({}, {"cpu": {"realtime": {}}}, Blocker.UNSUPPORTED),
     ({}, {"cpu": {"numa": {"guestMappingPassthrough": {}}}}, Blocker.UNSUPPORTED),
     ({}, {"launchSecurity": {"sev": {}}}, Blocker.UNSUPPORTED),
     ({}, {"memory": {"guest": "4Gi"}}, Blocker.NO_MAX_GUEST),
-])
+]
+
+
+@pytest.mark.parametrize(("vm_kw", "vmi_domain", "blocker"), SHAPES)
 def test_vms_kubevirt_cannot_hotplug_are_never_resizable(vm_kw: dict[str, Any], vmi_domain: dict[str, Any],
                                                           blocker: Blocker) -> None:
     instance = vmi()
@@ -157,6 +172,87 @@ def test_vms_not_running_are_not_decided(phase: str) -> None:
 def test_balloon_switched_off_is_seen() -> None:
     assert balloon_disabled(vm(devices={"autoattachMemBalloon": False}))
     assert not balloon_disabled(vm(devices={}))
+
+
+def _with_bulk(obj: dict[str, Any], bulk: dict[str, Any]) -> dict[str, Any]:
+    """`obj` with `bulk`'s fields added where it has none (nested dicts merged)."""
+    out = dict(obj)
+    for key, value in bulk.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _with_bulk(out[key], value)
+        else:
+            out.setdefault(key, value)
+    return out
+
+
+_DISK = {"name": "rootdisk", "disk": {"bus": "virtio"}}
+VM_BULK = {
+    "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+    "metadata": {"uid": "1f6c", "generation": 3, "creationTimestamp": "2027-01-15T08:00:00Z",
+                 "finalizers": ["kubevirt.io/virtualMachineControllerFinalize"],
+                 "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}] * 5,
+                 "annotations": {LAST_APPLIED: json.dumps({"spec": {"template": {"spec": {"volumes": []}}}})}},
+    "spec": {"runStrategy": "Always", "dataVolumeTemplates": [{"metadata": {"name": "root"}, "spec": {}}],
+             "template": {"metadata": {"labels": {"app": "db"}}, "spec": {
+                 "volumes": [{"name": "rootdisk", "dataVolume": {"name": "root"}}],
+                 "networks": [{"name": "default", "pod": {}}],
+                 "domain": {"devices": {"disks": [_DISK], "interfaces": [{"name": "default", "masquerade": {}}]},
+                            "firmware": {"uuid": "5d30"}, "features": {"acpi": {}}, "machine": {"type": "q35"}}}}},
+    "status": {"printableStatus": "Running", "created": True, "ready": True,
+               "volumeSnapshotStatuses": [{"name": "rootdisk", "enabled": True}]},
+}
+VMI_BULK = {
+    "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+    "metadata": {"uid": "77aa", "labels": {"kubevirt.io/nodeName": "node-1"},
+                 "managedFields": [{"manager": "virt-handler", "fieldsV1": {"f:status": {}}}] * 5},
+    "spec": {"volumes": [{"name": "rootdisk", "dataVolume": {"name": "root"}}],
+             "domain": {"devices": {"disks": [_DISK]}, "firmware": {"uuid": "5d30", "serial": "e4a1"},
+                        "resources": {"requests": {"memory": "2Gi"}}, "machine": {"type": "q35"}}},
+    "status": {"interfaces": [{"name": "default", "ipAddress": "10.244.0.12"}], "guestOSInfo": {"id": "fedora"},
+               "volumeStatus": [{"name": "rootdisk", "target": "vda"}], "activePods": {"a1": "node-1"},
+               "currentCPUTopology": {"cores": 1}, "launcherContainerImageVersion": "quay.io/kubevirt/virt-launcher"},
+}
+"""Fields KubeVirt v1.8.0 and kubectl write that the operator never reads (a VMI's own requests included:
+the launcher pod's request is the truth)."""
+
+
+def _cases() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Every VM and VMI the tests above read."""
+    cases = [(vm(**vm_kw), vmi(**vmi_kw)) for vm_kw, vmi_kw, _, _ in BUSY]
+    for vm_kw, vmi_domain, _ in SHAPES:
+        instance = vmi()
+        instance["spec"]["domain"].update(vmi_domain)
+        cases.append((vm(**vm_kw), instance))
+    typed, arm, huge = vm(), vmi(), vmi()
+    typed["spec"]["instancetype"] = {"name": "u1.medium"}
+    arm["spec"]["architecture"] = "arm64"
+    huge["spec"]["domain"]["memory"]["hugepages"] = {"pageSize": "1Gi"}
+    cases += [(typed, vmi()), (vm(), arm), (vm(), huge), (vm(guest="4Gi"), vmi(current="6Gi", requested="4Gi")),
+              (vm(guest="4Gi"), vmi(current="3Gi", requested="4Gi")),
+              (vm(devices={"autoattachMemBalloon": False}), vmi()),
+              (vm(annotations={LAST_GROW: "2027-01-15T08:00:00Z", RESIZES: f"{int(NOW - 100)}:Grow"}), vmi()),
+              (vm(), vmi(migration={"startTimestamp": "2027-01-15T08:00:00Z", "completed": True,
+                                    "endTimestamp": "2027-01-15T08:00:09Z"})), (vm(), vmi(phase="Scheduling"))]
+    return cases
+
+
+@pytest.mark.parametrize(("whole_vm", "whole_vmi"), [(_with_bulk(a, VM_BULK), _with_bulk(b, VMI_BULK))
+                                                      for a, b in _cases()])
+def test_the_watch_caches_keep_all_the_operator_reads(whole_vm: dict[str, Any], whole_vmi: dict[str, Any]) -> None:
+    vm_view, vmi_view = project(whole_vm, VM_FIELDS), project(whole_vmi, VMI_FIELDS)
+    assert vm_state(vm_view, vmi_view, NOW, pod_request=5 * GIB) == vm_state(whole_vm, whole_vmi, NOW,
+                                                                              pod_request=5 * GIB)
+    assert vm_state(vm_view, vmi_view, NOW) == vm_state(whole_vm, whole_vmi, NOW)
+    assert balloon_disabled(vm_view) == balloon_disabled(whole_vm)
+    decision = _decision(Action.GROW, 6 * GIB)
+    assert resize_patch(vm_view, decision, NOW) == resize_patch(whole_vm, decision, NOW)
+    assert boot_patch(vm_view, PolicyParams(2 * GIB, 2 * GIB, 8 * GIB)) == \
+        boot_patch(whole_vm, PolicyParams(2 * GIB, 2 * GIB, 8 * GIB))
+    kept = json.dumps([vm_view, vmi_view])
+    for bulky in ("managedFields", LAST_APPLIED, "volumes", "disks", "interfaces", "guestOSInfo", "firmware"):
+        assert bulky not in kept
+    assert (vm_view["apiVersion"], vm_view["kind"], vm_view["metadata"]["uid"]) == \
+        ("kubevirt.io/v1", "VirtualMachine", "1f6c")  # a VM's Events name it by these
 
 
 def _decision(action: Action, target: int) -> Decision:
