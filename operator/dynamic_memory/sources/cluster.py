@@ -52,17 +52,44 @@ def pod_info(pod: Obj) -> PodInfo | None:
     created_by = ((pod.get("metadata") or {}).get("labels") or {}).get(CREATED_BY)
     if (not node and not created_by) or status.get("phase") in ("Succeeded", "Failed"):
         return None
-    memory = 0
-    for container in spec.get("containers") or []:
-        request = ((container.get("resources") or {}).get("requests") or {}).get("memory")
-        if request:
-            try:
-                memory += parse_quantity(str(request))
-            except ValueError:
-                continue
     meta = pod.get("metadata") or {}
-    return PodInfo(str(meta.get("namespace", "")), str(meta.get("name", "")), str(node), memory, created_by,
-                   placement_of(pod) if created_by else None)
+    return PodInfo(str(meta.get("namespace", "")), str(meta.get("name", "")), str(node), memory_request(spec),
+                   created_by, placement_of(pod) if created_by else None)
+
+
+def _memory(resources: Obj | None) -> int:
+    request = ((resources or {}).get("requests") or {}).get("memory")
+    try:
+        return parse_quantity(str(request)) if request else 0
+    except ValueError:
+        return 0
+
+
+def memory_request(spec: Obj) -> int:
+    """The pod's memory request as kube-scheduler counts it (component-helpers `PodRequests`,
+    v1.34): its containers and sidecars (restartable init containers) together, at least the
+    heaviest init step (an init container plus the sidecars started before it), a pod-level
+    request in place of the containers' when set, plus the pod overhead (a RuntimeClass's)."""
+    total = sum(_memory(c.get("resources")) for c in spec.get("containers") or [])
+    sidecars = heaviest_init = 0
+    for init in spec.get("initContainers") or []:
+        own = _memory(init.get("resources"))
+        if init.get("restartPolicy") == "Always":
+            sidecars += own
+            total += own
+            step = sidecars
+        else:
+            step = own + sidecars
+        heaviest_init = max(heaviest_init, step)
+    total = max(total, heaviest_init)
+    pod_level = _memory(spec.get("resources"))
+    if pod_level:
+        total = pod_level
+    overhead = (spec.get("overhead") or {}).get("memory")
+    try:
+        return total + (parse_quantity(str(overhead)) if overhead else 0)
+    except ValueError:
+        return total
 
 
 def node_state(node: Obj) -> NodeState | None:
