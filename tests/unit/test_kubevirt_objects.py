@@ -68,7 +68,7 @@ def test_running_vm_reads_kubevirt_memory_status() -> None:
 MIGRATABLE = {"type": "LiveMigratable", "status": "True"}
 
 
-BUSY = [
+BUSY: list[tuple[dict[str, Any], dict[str, Any], Blocker, str]] = [
     ({"conditions": [{"type": "RestartRequired", "status": "True", "message": "lower than boot"}]}, {},
      Blocker.RESTART_REQUIRED, "lower than boot"),
     ({}, {"conditions": [{"type": "LiveMigratable", "status": "False", "message": "has a local disk"}]},
@@ -95,7 +95,7 @@ def test_a_pending_migration_object_blocks() -> None:
     assert state is not None and state.blocked is Blocker.MIGRATING
 
 
-SHAPES = [
+SHAPES: list[tuple[dict[str, Any], dict[str, Any], Blocker]] = [
     ({"resources": {"requests": {"memory": "4Gi"}}}, {}, Blocker.MEMORY_REQUESTS),
     ({"resources": {"limits": {"memory": "8Gi"}}}, {}, Blocker.MEMORY_REQUESTS),
     ({}, {"cpu": {"realtime": {}}}, Blocker.UNSUPPORTED),
