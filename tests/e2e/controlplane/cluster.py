@@ -42,11 +42,11 @@ class Cluster:
     audit_log: Path | None = None
 
     def kubectl(self, *args: str, stdin: str | None = None, kubeconfig: Path | None = None,
-                check: bool = True) -> subprocess.CompletedProcess[str]:
+                check: bool = True, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
         """Real kubectl against this cluster."""
         env = {**os.environ, "KUBECONFIG": str(kubeconfig or self.kubeconfig)}
         out = subprocess.run([str(self.bin / "kubectl"), *args], input=stdin, capture_output=True, text=True,
-                             env=env, check=False, timeout=60)
+                             env=env, check=False, timeout=timeout_s)
         if check and out.returncode:
             raise KubectlError(out.returncode, out.args, out.stdout, out.stderr)
         return out

@@ -168,7 +168,11 @@ def test_an_unplug_the_guest_can_only_partly_honour(kv_cluster: ControlPlane, kv
     wait_for("the shrink", lambda: parse_quantity(spec_guest(kv_cluster, "partial", ns)) < grown, 120,
              detail=lambda: vm_story(kv_cluster, "partial", ns))
     shrunk = parse_quantity(spec_guest(kv_cluster, "partial", ns))
-    assert guest.hold(1100) == 1100  # about 1.2Gi used: more than the shrunk guest will have
+    # with the guest's own ~150Mi, more than the shrunk guest will have (the shrink's size follows
+    # the window's peak: 1130Mi in most runs, 1394Mi once, when a CI run filled a fixed 1100Mi and
+    # the guest gave everything back)
+    fill = shrunk // MIB - 30
+    assert guest.hold(fill) == fill
     held.discard(key)
     wait_for("the shrink's migration to end", lambda: parse_quantity(get(kv_cluster, "vmi", "partial", ns)[
         "status"]["memory"].get("guestRequested", "0")) == shrunk, 60, every_s=0.1)
@@ -206,7 +210,7 @@ def test_an_unplug_the_guest_can_only_partly_honour(kv_cluster: ControlPlane, kv
         wait_for("the short plug in the policy's status", lambda: (c := condition(get(
             kv_cluster, "dmp", "partial", ns), "Ready")) and f"{key} has not plugged" in c["message"], 30,
             detail=lambda: vm_story(kv_cluster, "partial", ns))
-    print(f"\nreal guest: asked to unplug {(grown - shrunk) / MIB:.0f}Mi while holding 1100Mi, it gave back "
+    print(f"\nreal guest: asked to unplug {(grown - shrunk) / MIB:.0f}Mi while holding {fill}Mi, it gave back "
           f"{(grown - shrunk - kept) / MIB:.0f}Mi and kept {kept / MIB:.0f}Mi (MemAvailable "
           f"{squeezed / MIB:.0f}Mi); the operator grew it to {regrown / MIB:.0f}Mi: MemAvailable back to "
           f"{available / MIB:.0f}Mi, QEMU settled at {plugged / MIB:.0f}Mi ({short / MIB:.0f}Mi not plugged, "
