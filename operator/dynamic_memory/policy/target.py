@@ -45,11 +45,8 @@ def with_buffer(demand: int, params: PolicyParams, doublings: int = 0) -> int:
     `doublings` doubles the buffer that many times: a VM that already grew this hour outran its
     last buffer, so the next one is twice as large (fewer, larger migrations while demand climbs).
     """
-    if doublings:
-        scale = 1 << (doublings if doublings < 6 else 6)
-        percent, minimum = demand * params.buffer_percent * scale // 100, params.minimum_buffer * scale
-    else:  # most VMs: no grow this hour
-        percent, minimum = demand * params.buffer_percent // 100, params.minimum_buffer
+    scale = 1 << min(doublings, 6) if doublings else 1
+    percent, minimum = demand * params.buffer_percent * scale // 100, params.minimum_buffer * scale
     return demand + (percent if percent > minimum else minimum)
 
 
@@ -68,7 +65,7 @@ def live_bounds(vm: VMState, params: PolicyParams) -> tuple[int, int]:
 
 def fit(value: int, floor: int, ceiling: int, alignment: int) -> int:
     """Round up to the hotplug block, then keep within bounds (bounds win: they are aligned in KubeVirt)."""
-    value = -(-value // alignment) * alignment  # align_up, inlined: called for most VMs every pass
+    value = align_up(value, alignment)
     return ceiling if value >= ceiling else floor if value <= floor else value
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from dynamic_memory.model import Cluster, NodeState, Placement, Taint
 from dynamic_memory.quantity import parse_quantity
-from dynamic_memory.sources.kubevirt import _get, placement_of
+from dynamic_memory.sources.kubevirt import _get, _quantity, placement_of
 
 CREATED_BY = "kubevirt.io/created-by"
 """KubeVirt's label on a virt-launcher pod: the UID of its VMI."""
@@ -58,11 +58,7 @@ def pod_info(pod: Obj) -> PodInfo | None:
 
 
 def _memory(resources: Obj | None) -> int:
-    request = ((resources or {}).get("requests") or {}).get("memory")
-    try:
-        return parse_quantity(str(request)) if request else 0
-    except ValueError:
-        return 0
+    return _quantity(_get(resources or {}, "requests", "memory")) or 0
 
 
 def memory_request(spec: Obj) -> int:
@@ -85,11 +81,7 @@ def memory_request(spec: Obj) -> int:
     pod_level = _memory(spec.get("resources"))
     if pod_level:
         total = pod_level
-    overhead = (spec.get("overhead") or {}).get("memory")
-    try:
-        return total + (parse_quantity(str(overhead)) if overhead else 0)
-    except ValueError:
-        return total
+    return total + (_quantity(_get(spec, "overhead", "memory")) or 0)
 
 
 def node_state(node: Obj) -> NodeState | None:
