@@ -24,6 +24,7 @@ from dynamic_memory.quantity import GIB, format_bytes, parse_duration
 if TYPE_CHECKING:
     from dynamic_memory.policy.engine import Policy
     from dynamic_memory.policy_files import PolicyDocument
+    from dynamic_memory.sim.traces import VMTrace
 
 POLICY_NAMES = ("dynamic-memory", "static", "hyperv", "proxmox", "vpa")
 BUFFER_RANGE = (5, 2000)
@@ -48,6 +49,19 @@ BUFFER = _ranged(int, *BUFFER_RANGE, "a whole percent")
 VM_COUNT = _ranged(int, 1, None, "a whole number of VMs")
 DAYS = _ranged(float, 0.01, 3650, "a number of days")
 BUDGET = _ranged(float, 0, 288, "own resizes per VM-day")
+
+
+def day_range(text: str) -> tuple[float, float | None]:
+    """FROM:TO in days after a trace's first sample (TO may be left out: to the end)."""
+    start, sep, end = text.partition(":")
+    try:
+        lo, hi = float(start or 0), float(end) if end else None
+    except ValueError:
+        lo = hi = -1.0
+    if not sep or lo < 0 or (hi is not None and hi <= lo):
+        raise argparse.ArgumentTypeError(f"{text!r}: give FROM:TO in days after the trace's first sample, "
+                                         "FROM < TO (e.g. 0:15, or 15: for the rest)")
+    return lo, hi
 
 
 def _out_dir(path: str) -> Path:
@@ -173,20 +187,32 @@ def _named_policy(name: str, step_s: float) -> Policy:
     return {p.name: p for p in policies(step_s)}[name]
 
 
-def cmd_optimum(trace: Path, budget: float | None, as_json: bool) -> int:
+def _load(args: argparse.Namespace) -> tuple[list[VMTrace], str]:
+    """The trace, or the part of it --days asks for, and words that say which."""
+    from dynamic_memory.sim.traces import days_of, load_traces, span_days
+
+    traces = load_traces(Path(args.trace))
+    if args.days is None:
+        return traces, ""
+    start, end = args.days
+    part = days_of(traces, start, end)
+    span = span_days(traces)
+    until = f"{span:.1f}" if end is None else f"{end:g}"
+    return part, f"days {start:g} to {until} of {span:.1f}, every VM starting over; "
+
+
+def cmd_optimum(traces: list[VMTrace], part: str, budget: float | None, as_json: bool) -> int:
     """The offline optimum at one budget, or its frontier over budgets."""
     from dynamic_memory.sim.optimum import budgets, fleet_optimum, frontier
     from dynamic_memory.sim.report import table
-    from dynamic_memory.sim.traces import load_traces
 
-    traces = load_traces(trace)
     asked = [budget] if budget is not None else budgets()
     points = [asdict(p) for p in frontier(fleet_optimum(traces, max(asked)), asked)]
     if as_json:
         print(json.dumps(points[0] if budget is not None else {"frontier": points}, indent=2))
         return 0
     days = sum(t.days for t in traces)
-    print(f"{len(traces)} VMs, {days:.0f} VM-days: the least memory any policy could assign knowing the future, "
+    print(f"{part}{len(traces)} VMs, {days:.0f} VM-days: the least memory any policy could assign knowing the future, "
           "never below usage, with at most round(budget × days) resizes of its own per VM, changed on the hour")
     print(table(points, [("budget", "budget (own resizes/VM-day)", "{:g}"), ("memory_ratio", "memory_ratio", "{:.4f}"),
                          ("own_resizes_per_vm_day", "own resizes/VM-day used", "{:.3f}")]))
@@ -197,16 +223,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     """Replay a trace file through one policy or all of them."""
     from dynamic_memory.sim.replay import SLOT_S, replay, replay_oracle
     from dynamic_memory.sim.report import table
-    from dynamic_memory.sim.traces import load_traces
 
     if args.budget is not None and args.policy != "optimum":
         raise UserError("--budget is the offline optimum's: use it with --policy optimum")
     if args.policy == "optimum":
         if args.buffer is not None or args.policy_file:
             raise UserError("the offline optimum has no knobs: --buffer and --policy-file are for the policies")
-        return cmd_optimum(Path(args.trace), args.budget, args.json)
+        return cmd_optimum(*_load(args), args.budget, args.json)
     doc = _policy_doc(args.policy_file)
-    traces = load_traces(Path(args.trace))
+    traces, part = _load(args)
     if doc and doc.spec:
         params, source = doc.spec.params(), f"policy {doc.name} from {args.policy_file}"
     else:
@@ -228,7 +253,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                ("migrated_gib_per_vm_day", "migrated GiB/VM-day", "{:.1f}"), ("slack", "slack", "{:.3f}"),
                ("seconds", "seconds", "{:.1f}")]
     first = results[0]
-    print(f"{first['vms']} VMs, {first['vm_days']:.0f} VM-days, {first['samples']} samples "
+    print(f"{part}{first['vms']} VMs, {first['vm_days']:.0f} VM-days, {first['samples']} samples "
           f"({first['missing_samples']} missing); {source}, minimum buffer {format_bytes(params.minimum_buffer)}")
     print(table(results, columns))
     return 0
@@ -391,6 +416,9 @@ def parser() -> argparse.ArgumentParser:
                        help=f"bufferPercent of the default policy ({BUFFER_RANGE[0]} to {BUFFER_RANGE[1]}, default 20)")
     knobs.add_argument("--policy-file", metavar="FILE",
                        help="a DynamicMemoryPolicy YAML file: its knobs (the trace sets the sizes)")
+    r.add_argument("--days", type=day_range, metavar="FROM:TO",
+                   help="only these days after the trace's first sample, every VM starting over "
+                        "(e.g. 0:15 and 15: for the halves of a month: choose knobs on one, judge on the other)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.set_defaults(func=cmd_replay)
 

@@ -45,8 +45,27 @@ def test_replay_all_policies_prints_a_table(tmp_path: Path) -> None:
         assert f"| {name}" in out.stdout
 
 
+def test_replay_of_some_days_starts_every_vm_over(tmp_path: Path) -> None:
+    # VM 1 runs the first day only, VM 2 both days; 288 samples a day, 5 minutes apart
+    rows = [(1, t * 300, 8, 2) for t in range(288)] + [(2, t * 300, 8, 1 + t // 288 * 4) for t in range(576)]
+    trace = write_trace(tmp_path / "t.csv", rows)
+    second = json.loads(run("replay", str(trace), "--days", "1:", "--policy", "static", "--json").stdout)
+    assert (second["vms"], second["samples"]) == (1, 288)
+    first = json.loads(run("replay", str(trace), "--days", "0:1", "--policy", "static", "--json").stdout)
+    assert (first["vms"], first["samples"]) == (2, 576)
+    table = run("replay", str(trace), "--days", "1:2")
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.startswith("days 1 to 2 of 2.0, every VM starting over; 1 VMs"), table.stdout
+    optimum = json.loads(run("replay", str(trace), "--days", "1:", "--policy", "optimum", "--budget", "1",
+                             "--json").stdout)
+    # the second day alone: 5 GiB used of 8, and one change allowed, made at the start (8 → 5)
+    assert optimum["memory_ratio"] == pytest.approx(5 / 8, abs=0.01)
+
+
 @pytest.mark.parametrize(("args", "words"), [
     (("replay", "/nonexistent.csv"), "error: /nonexistent.csv: no such file"),
+    (("replay", "/nonexistent.csv", "--days", "5:3"), "'5:3': give FROM:TO in days after the trace's first sample"),
+    (("replay", "/nonexistent.csv", "--days", "5"), "'5': give FROM:TO in days"),
     (("replay", "/nonexistent.csv", "--buffer", "3000"), "3000 is out of range: a whole percent from 5 to 2000"),
     (("replay", "/nonexistent.csv", "--buffer", "3"), "3 is out of range: a whole percent from 5 to 2000"),
     (("simulate", "--scenario", "nope"), "invalid choice"),
@@ -134,6 +153,13 @@ def test_simulate_writes_plot_and_report(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "burst.json").read_text())
     assert [row["policy"] for row in report["policies"]] == ["dynamic-memory", "static", "hyperv", "proxmox", "vpa"]
     assert "| dynamic-memory" in out.stdout
+
+
+def test_replay_of_days_the_trace_does_not_hold_says_what_it_spans(tmp_path: Path) -> None:
+    trace = write_trace(tmp_path / "t.csv", [(1, t * 300, 8, 2) for t in range(577)])
+    out = run("replay", str(trace), "--days", "3:")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "days 3: hold no VM with two samples; the trace spans 2.0 days" in out.stderr, out.stderr
 
 
 def test_simulate_from_a_trace_file(tmp_path: Path) -> None:

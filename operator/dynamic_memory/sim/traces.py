@@ -130,3 +130,29 @@ def load_traces(path: str | Path) -> list[VMTrace]:
     if not out:
         raise TraceError(f"{path}: a header but no samples; a trace is {FORMAT}")
     return out
+
+
+def span_days(traces: list[VMTrace]) -> float:
+    """Days from the trace's first sample (any VM) to its last."""
+    return (max(t.ts[-1] for t in traces) - min(t.ts[0] for t in traces)) / 86400
+
+
+def days_of(traces: list[VMTrace], start: float, end: float | None) -> list[VMTrace]:
+    """The samples from `start` to `end` days (None: to the last) after the trace's first sample,
+    as a trace of its own: a VM with fewer than two samples in it is left out.
+
+    A replay of a part starts over, as a freshly started operator would: every VM at its
+    provisioned size, with no history. This is how a policy's knobs are chosen on one part and
+    judged on another the policy never saw."""
+    t0 = min(t.ts[0] for t in traces)
+    lo, hi = t0 + start * 86400, t0 + end * 86400 if end is not None else float("inf")
+    out = []
+    for tr in traces:
+        keep = [i for i, t in enumerate(tr.ts) if lo <= t < hi]
+        if len(keep) > 1:
+            cols = (tr.ts, tr.provisioned, tr.usage)
+            out.append(VMTrace(tr.vm, *(array("q", (col[i] for i in keep)) for col in cols)))
+    if not out:
+        raise TraceError(f"days {start:g}:{'' if end is None else f'{end:g}'} hold no VM with two samples; "
+                         f"the trace spans {span_days(traces):.1f} days")
+    return out
