@@ -133,7 +133,7 @@ def land(entries: Sequence[Entry], decisions: Sequence[Decision], cluster: Clust
             out[i] = _hold(d, _MIGRATIONS, _NO_SLOT)  # the wanted size stays on the decision
             continue
         if acts and outbound.get(vm.node, 0) >= cluster.outbound_per_node:
-            out[i] = _hold(d, Limit.MIGRATIONS, Why(
+            out[i] = _hold(d, _MIGRATIONS, Why(
                 "MigrationsBusy", "{n} migrations already leave {node} (parallelOutboundMigrationsPerNode): "
                 "{target:B} waits for the next pass", {"n": outbound.get(vm.node, 0), "node": vm.node,
                                                        "target": d.target}))
@@ -153,7 +153,7 @@ def land(entries: Sequence[Entry], decisions: Sequence[Decision], cluster: Clust
             roomiest = max(allowed, key=lambda n: (free[n.name], n.name))
             most = align_down(max(free[roomiest.name] - vm.overhead, 0), vm.alignment)
             step = entries[i].params.scale_up.step(d.current)
-            if d.action is Action.GROW and most - d.current >= step:
+            if d.action is _GROW and most - d.current >= step:
                 out[i] = d._replace(target=most, limited=Limit.ROOM, landing=roomiest.name, notes=(*d.notes, Why(
                     "CapacityLimited", "capped by room on other nodes: {node} can take {got:B} (+{overhead:B} "
                     "overhead), not {want:B}", {"node": roomiest.name, "got": most, "overhead": vm.overhead,

@@ -8,6 +8,7 @@ import gzip
 import io
 import zlib
 from array import array
+from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,11 +148,10 @@ def days_of(traces: list[VMTrace], start: float, end: float | None) -> list[VMTr
     t0 = min(t.ts[0] for t in traces)
     lo, hi = t0 + start * 86400, t0 + end * 86400 if end is not None else float("inf")
     out = []
-    for tr in traces:
-        keep = [i for i, t in enumerate(tr.ts) if lo <= t < hi]
-        if len(keep) > 1:
-            cols = (tr.ts, tr.provisioned, tr.usage)
-            out.append(VMTrace(tr.vm, *(array("q", (col[i] for i in keep)) for col in cols)))
+    for tr in traces:  # oldest first (load_traces sorts): the part is one slice of each column
+        i, j = bisect_left(tr.ts, lo), bisect_left(tr.ts, hi)
+        if j - i > 1:
+            out.append(VMTrace(tr.vm, tr.ts[i:j], tr.provisioned[i:j], tr.usage[i:j]))
     if not out:
         raise TraceError(f"days {start:g}:{'' if end is None else f'{end:g}'} hold no VM with two samples; "
                          f"the trace spans {span_days(traces):.1f} days")
