@@ -75,6 +75,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
     # the first LIST of each resource in pages, as client-go's reflectors do: not every pod of the
     # cluster parsed at once (a 1,000-VM cluster's launcher pods alone are megabytes of JSON)
     settings.watching.chunk_size = 500
+    # Kopf's per-object worker keeps its object's last event (the whole body) until it has been idle
+    # this long (5 s by default), and VMIs change every few seconds; resident memory at 1,000 VMs
+    # did not move with it (210-216 MiB: what stays is the start, see benchmarks/footprint.py).
+    # No settings.queueing.worker_limit: until every object of every watched kind is indexed, each
+    # worker waits holding its slot, and with 100 slots at 1,000 VMs the operator never started.
+    settings.queueing.idle_timeout = 0.5
     settings.persistence.finalizer = "dynamicmemory.io/finalizer"
     try:
         cfg = OperatorConfig.from_env()
@@ -101,6 +107,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
 
 
 # --- watch caches ---------------------------------------------------------------------------
+# The index handlers are coroutines though they never wait: Kopf runs a plain function in its
+# thread pool, one hop per event, and at start it holds every object's event until all of them
+# are indexed (with 1,000 VMs that took 79 s on this machine, while VMI updates piled up behind).
 
 def _cached(body: kopf.Body) -> dict[str, Any]:
     """The object as the watch cache keeps it: without metadata.managedFields, which nothing here
@@ -111,26 +120,27 @@ def _cached(body: kopf.Body) -> dict[str, Any]:
 
 
 @kopf.index(*KUBEVIRT, "virtualmachines")
-def vm_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[str, tuple[str, dict[str, Any]]]:
+async def vm_index(namespace: str | None, name: str, body: kopf.Body,
+                   **_: Any) -> dict[str, tuple[str, dict[str, Any]]]:
     """namespace → (name, VM), only the fields the operator reads."""
     return {namespace or "": (name, project(body, VM_FIELDS))}
 
 
 @kopf.index(*KUBEVIRT, "virtualmachineinstances")
-def vmi_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+async def vmi_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
     """namespace/name → VMI, only the fields the operator reads."""
     return {f"{namespace}/{name}": project(body, VMI_FIELDS)}
 
 
 @kopf.index("", "v1", "nodes")
-def node_index(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeState] | None:
+async def node_index(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeState] | None:
     """node → its allocatable memory, labels and taints."""
     node = node_state(body)
     return None if node is None else {name: node}
 
 
 @kopf.index("", "v1", "pods")
-def pod_index(body: kopf.Body, **_: Any) -> dict[str, PodInfo] | None:
+async def pod_index(body: kopf.Body, **_: Any) -> dict[str, PodInfo] | None:
     """node → its bound pods' memory requests (and the VMI a virt-launcher pod belongs to); "" →
     virt-launcher pods not bound yet."""
     found = pod_info(body)
@@ -138,14 +148,14 @@ def pod_index(body: kopf.Body, **_: Any) -> dict[str, PodInfo] | None:
 
 
 @kopf.index(*KUBEVIRT, "virtualmachineinstancemigrations")
-def migration_index(body: kopf.Body, **_: Any) -> dict[str, bool]:
+async def migration_index(body: kopf.Body, **_: Any) -> dict[str, bool]:
     """namespace/VMI name → a migration of it is pending or running."""
     key, active = migration_active(body)
     return {key: active}
 
 
 @kopf.index(*KUBEVIRT, "kubevirts")
-def kubevirt_index(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+async def kubevirt_index(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
     """The KubeVirt CR: its migration limits."""
     return {"kubevirt": _cached(body)}
 
