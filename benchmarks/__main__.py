@@ -72,7 +72,9 @@ def notes(results: dict[str, dict[str, Any] | None]) -> list[str]:
                    f"scrape {reaction['scrape_s']:g} s, interval {reaction['interval_s']:g} s.")
     if fp := results.get("footprint"):
         out.append(f"footprint: {fp['vms']:,} VMs, {fp['policies']} policies, {fp['passes']:.0f} passes in "
-                   f"{fp['duration_s']:.0f} s (a pass {fp['mean_pass_s'] * 1000:.0f} ms); the operator's requests at "
+                   f"{fp['duration_s']:.0f} s (a pass {fp['mean_pass_s'] * 1000:.0f} ms), on the image's allocator "
+                   f"({' '.join(f'{k}={v}' for k, v in (fp.get('allocator') or {}).items()) or 'not recorded'}); "
+                   f"the operator's requests at "
                    f"steady state: {fp['steady_requests_by_operator'] or 'none'}; after {fp['changed_vms']} VMs' "
                    f"demand rose: {fp['requests_by_operator_after_change']}.")
     return out

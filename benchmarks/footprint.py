@@ -5,24 +5,54 @@ every VM is decided, our virt-handler is paused (so its polling does not count) 
 watched: resident memory every second, CPU from /proc over the whole span, requests by verb
 from the API server's apiserver_request_total (and, by user, from its audit log). Then 10 VMs'
 demand rises and the writes are counted again: one patch per VM whose target changed.
+
+The operator runs on the allocator its image sets (deploy/Dockerfile's LD_PRELOAD, PYTHONMALLOC
+and MALLOC_CONF): resident memory is the allocator's as much as the operator's.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import median, say
+from benchmarks.common import ROOT, median, say
 from benchmarks.world import World, wait, world
 from tests.e2e.units import GIB, MIB
 
 VMS, NAMESPACES, INTERVAL_S, CHANGED = 1000, 10, 10.0, 10
 SAMPLE = re.compile(r'^apiserver_request_total\{(.*)\} ([0-9.e+]+)$')
+
+
+ALLOCATOR = ("LD_PRELOAD", "PYTHONMALLOC", "MALLOC_CONF")
+
+
+def image_allocator(dockerfile: Path = ROOT / "deploy" / "Dockerfile") -> dict[str, str]:
+    """The allocator settings of the operator's image, read from its ENV instructions: the one
+    place they are written, so the benchmark runs the operator as the image does."""
+    env: dict[str, str] = {}
+    for line in dockerfile.read_text().replace("\\\n", " ").splitlines():
+        if line.startswith("ENV "):
+            env.update(word.partition("=")[::2] for word in shlex.split(line[4:], comments=True))
+    missing = [key for key in ALLOCATOR if key not in env]
+    if missing:
+        raise SystemExit(f"{dockerfile}: no ENV {', '.join(missing)}: the footprint benchmark runs the operator "
+                         "on the allocator the image sets")
+    return {key: env[key] for key in ALLOCATOR}
+
+
+def preloaded(pid: int, env: dict[str, str]) -> None:
+    """Fail loudly when the preloaded allocator is not in the process: the dynamic loader only
+    warns and goes on with glibc's, and the figure would be another allocator's."""
+    library = env["LD_PRELOAD"]
+    if library not in Path(f"/proc/{pid}/maps").read_text():
+        raise SystemExit(f"the operator runs without {library} (deploy/Dockerfile preloads it): install it "
+                         "(Debian: apt-get install libjemalloc2; benchmarks/run does)")
 
 
 def requests_by_verb(w: World) -> Counter[tuple[str, str]]:
@@ -86,7 +116,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         spaces = boot(w)
         boot_s = time.monotonic() - started
         say(f"footprint: {VMS:,} VMs running in {boot_s:.0f} s")
-        op = w.operator("footprint")
+        allocator = image_allocator()
+        op = w.operator("footprint", allocator)
+        preloaded(op.process.pid, allocator)
         wait(lambda: all(w.status(ns).get("running") == VMS // NAMESPACES for ns in spaces), 120,
              "every VM decided", poll_s=1)
         time.sleep(INTERVAL_S)
@@ -123,6 +155,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     lists = sum(v for k, v in steady_user.items() if k.startswith("list "))
     vm_patches = change_user.get("patch virtualmachines", 0)
     result = {"vms": VMS, "policies": NAMESPACES, "interval_s": INTERVAL_S, "duration_s": t1 - t0, "passes": passes,
+              "allocator": allocator,
               "boot_s": boot_s, "mean_pass_s": pass_s,
               "rss_mib_max": max(rss) / MIB, "rss_mib_median": median(rss) / MIB, "cpu_share": cpu_share,
               "operator_rss_mib": max(rss) / MIB, "operator_cpu_share": cpu_share,
@@ -132,7 +165,8 @@ def run(quick: bool = False) -> dict[str, Any]:
               "api_writes_per_changed_vm": resizes / CHANGED, "vm_patches_after_change": vm_patches,
               "targets": {"operator_rss_mib": "<= 150", "operator_cpu_share": "<= 0.10", "api_list_per_cycle": "0",
                           "api_writes_per_changed_vm": "1 (one resize patch per VM whose target changed)"}}
-    say(f"footprint: {passes:.0f} passes in {t1 - t0:.0f} s: RSS max {result['rss_mib_max']:.0f} MiB (target ≤ 150), "
+    say(f"footprint: {passes:.0f} passes in {t1 - t0:.0f} s on {allocator['LD_PRELOAD']} "
+        f"(PYTHONMALLOC={allocator['PYTHONMALLOC']}): RSS max {result['rss_mib_max']:.0f} MiB (target ≤ 150), "
         f"CPU {cpu_share:.1%} of a core (target ≤ 10%), a pass {pass_s * 1000:.0f} ms")
     say(f"api: steady state, all clients: {steady or 'no requests'}; the operator's: {steady_user or 'none'}")
     say(f"api: {CHANGED} VMs' demand rose: the operator sent {change_user}: {resizes} resizes "

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import cast
 
@@ -64,10 +64,10 @@ def operator_identity(cp: Cluster, kubeconfig: Path) -> Path:
 class Operator:
     """`dynamic-memory run` as its own process; its log is kept for the test's messages."""
 
-    def __init__(self, kubeconfig: Path, prometheus_url: str, log: Path) -> None:
+    def __init__(self, kubeconfig: Path, prometheus_url: str, log: Path, env: Mapping[str, str] | None = None) -> None:
         self.log_path = log
         self.liveness, self.metrics_port = free_port(), free_port()
-        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1", **(env or {})}
         self.argv = [sys.executable, "-m", "dynamic_memory", "run", "--prometheus-url", prometheus_url,
                      "--metrics-port", str(self.metrics_port),
                      "--liveness", f"http://127.0.0.1:{self.liveness}/healthz", "--max-in-flight", "4"]
