@@ -14,45 +14,18 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, median, say
+from benchmarks.common import median, say
 from benchmarks.world import World, wait, world
 from tests.e2e.units import GIB, MIB
 
 VMS, NAMESPACES, INTERVAL_S, CHANGED = 1000, 10, 10.0, 10
 SAMPLE = re.compile(r'^apiserver_request_total\{(.*)\} ([0-9.e+]+)$')
-
-
-ALLOCATOR = ("LD_PRELOAD", "PYTHONMALLOC", "MALLOC_CONF")
-
-
-def image_allocator(dockerfile: Path = ROOT / "deploy" / "Dockerfile") -> dict[str, str]:
-    """The allocator settings of the operator's image, read from its ENV instructions: the one
-    place they are written, so the benchmark runs the operator as the image does."""
-    env: dict[str, str] = {}
-    for line in dockerfile.read_text().replace("\\\n", " ").splitlines():
-        if line.startswith("ENV "):
-            env.update(word.partition("=")[::2] for word in shlex.split(line[4:], comments=True))
-    missing = [key for key in ALLOCATOR if key not in env]
-    if missing:
-        raise SystemExit(f"{dockerfile}: no ENV {', '.join(missing)}: the footprint benchmark runs the operator "
-                         "on the allocator the image sets")
-    return {key: env[key] for key in ALLOCATOR}
-
-
-def preloaded(pid: int, env: dict[str, str]) -> None:
-    """Fail loudly when the preloaded allocator is not in the process: the dynamic loader only
-    warns and goes on with glibc's, and the figure would be another allocator's."""
-    library = env["LD_PRELOAD"]
-    if library not in Path(f"/proc/{pid}/maps").read_text():
-        raise SystemExit(f"the operator runs without {library} (deploy/Dockerfile preloads it): install it "
-                         "(Debian: apt-get install libjemalloc2; benchmarks/run does)")
 
 
 def requests_by_verb(w: World) -> Counter[tuple[str, str]]:
@@ -116,9 +89,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         spaces = boot(w)
         boot_s = time.monotonic() - started
         say(f"footprint: {VMS:,} VMs running in {boot_s:.0f} s")
-        allocator = image_allocator()
-        op = w.operator("footprint", allocator)
-        preloaded(op.process.pid, allocator)
+        op = w.operator("footprint")  # on the image's allocator, as every e2e operator (checked at its start)
+        allocator = op.allocator
         wait(lambda: all(w.status(ns).get("running") == VMS // NAMESPACES for ns in spaces), 120,
              "every VM decided", poll_s=1)
         time.sleep(INTERVAL_S)

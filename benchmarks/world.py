@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,9 +44,9 @@ class World:
     kubeconfig: Path
     operators: list[Operator] = field(default_factory=list)
 
-    def operator(self, name: str, env: Mapping[str, str] | None = None) -> Operator:
-        """A new operator process with its own log and `env` added to ours (stopped when the world ends)."""
-        op = Operator(self.kubeconfig, self.prometheus.url, self.workdir / f"operator-{name}.log", env)
+    def operator(self, name: str) -> Operator:
+        """A new operator process with its own log (stopped when the world ends)."""
+        op = Operator(self.kubeconfig, self.prometheus.url, self.workdir / f"operator-{name}.log")
         self.operators.append(op)
         return op
 

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
@@ -16,6 +16,7 @@ import pytest
 from kubernetes import client, config
 
 from tests.e2e.controlplane.cluster import Cluster, ControlPlane, ExistingCluster
+from tests.e2e.image import check_preloaded, image_allocator
 from tests.e2e.prometheus import end_process, free_port, metric_sum
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,10 +65,11 @@ def operator_identity(cp: Cluster, kubeconfig: Path) -> Path:
 class Operator:
     """`dynamic-memory run` as its own process; its log is kept for the test's messages."""
 
-    def __init__(self, kubeconfig: Path, prometheus_url: str, log: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, kubeconfig: Path, prometheus_url: str, log: Path) -> None:
         self.log_path = log
         self.liveness, self.metrics_port = free_port(), free_port()
-        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.allocator = image_allocator()  # as the image runs it (deploy/Dockerfile)
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1", **self.allocator}
         self.argv = [sys.executable, "-m", "dynamic_memory", "run", "--prometheus-url", prometheus_url,
                      "--metrics-port", str(self.metrics_port),
                      "--liveness", f"http://127.0.0.1:{self.liveness}/healthz", "--max-in-flight", "4"]
@@ -77,6 +79,12 @@ class Operator:
         self.process = subprocess.Popen(self.argv, env=self.env, stdout=self.log_path.open("a"),
                                         stderr=subprocess.STDOUT)
         time.sleep(1)
+        if self.process.poll() is None:
+            try:
+                check_preloaded(self.process.pid, self.allocator)
+            except RuntimeError:
+                self.kill()
+                raise
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, as when a node dies under the operator."""

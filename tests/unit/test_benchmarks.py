@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
 from benchmarks.__main__ import summarise, table
 from benchmarks.common import percentile
 from benchmarks.engine_scale import NOW, fleet
-from benchmarks.footprint import image_allocator
 from dynamic_memory.policy.engine import plan
 
 
@@ -41,18 +36,3 @@ def test_the_engine_fleet_plans_within_the_room_of_the_nodes_it_lands_on() -> No
         assert all(d.node != name for d in landing)
     assert sum(d.changes for d in decisions) <= cluster.migrations_left
 
-
-def test_the_footprint_reads_the_allocator_from_continued_env_lines(tmp_path: Path) -> None:
-    dockerfile = tmp_path / "Dockerfile"
-    dockerfile.write_text('FROM python:3.11-slim\nENV PATH=/venv/bin:$PATH \\\n    PYTHONMALLOC=malloc\n'
-                          '# a comment\nENV LD_PRELOAD=libjemalloc.so.2 \\\n    MALLOC_CONF="narenas:1,tcache:false"\n'
-                          'USER 10001:10001\n')
-    assert image_allocator(dockerfile) == {"LD_PRELOAD": "libjemalloc.so.2", "PYTHONMALLOC": "malloc",
-                                           "MALLOC_CONF": "narenas:1,tcache:false"}
-
-
-def test_the_footprint_refuses_an_image_without_its_allocator(tmp_path: Path) -> None:
-    dockerfile = tmp_path / "Dockerfile"
-    dockerfile.write_text("FROM python:3.11-slim\nENV PYTHONMALLOC=malloc\n")
-    with pytest.raises(SystemExit, match="no ENV LD_PRELOAD, MALLOC_CONF"):
-        image_allocator(dockerfile)
