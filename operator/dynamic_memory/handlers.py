@@ -77,8 +77,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
     settings.watching.chunk_size = 500
     # Kopf's per-object worker keeps its object's last event (the whole body) until it has been idle
     # this long (5 s by default), and a VMI's status can change every few seconds: a worker gone
-    # sooner drops its body sooner. Measured, it did not move resident memory at 1,000 VMs
-    # (210-216 MiB: what stays is the start, see benchmarks/footprint.py).
+    # sooner drops its body sooner. Measured, it did not move resident memory at 1,000 VMs on
+    # Python's own allocator (210-216 MiB: what stays is the start; the image's jemalloc gives it
+    # back, see deploy/Dockerfile and benchmarks/footprint.py).
     # No settings.queueing.worker_limit: until every object of every watched kind is indexed, each
     # worker waits holding its slot, and with 100 slots at 1,000 VMs the operator never started.
     settings.queueing.idle_timeout = 0.5

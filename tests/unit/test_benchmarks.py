@@ -35,4 +35,3 @@ def test_the_engine_fleet_plans_within_the_room_of_the_nodes_it_lands_on() -> No
         assert sum(d.target + overhead[d.key] for d in landing) <= node.free
         assert all(d.node != name for d in landing)
     assert sum(d.changes for d in decisions) <= cluster.migrations_left
-
