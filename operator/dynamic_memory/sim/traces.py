@@ -1,17 +1,26 @@
 """Read VM memory traces in the shared format (vm, timestamp_s, memory_provisioned_kib,
-memory_usage_kib, cpu_cores), gzip'd or plain, with the standard library only."""
+memory_usage_kib, cpu_cores), gzip'd or plain.
+
+numpy parses the columns (the shared month in about 2 s; row by row in Python it took 9 s, a
+sixth of a whole-month replay). A file numpy cannot read, or one with a value out of range, is
+read again row by row, which names the line that is wrong."""
 
 from __future__ import annotations
 
 import csv
 import gzip
 import io
+import warnings
 import zlib
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from dynamic_memory.errors import UserError
 
@@ -82,20 +91,25 @@ def _row(path: Path, line: int, row: list[str], idx: tuple[int, int, int, int]) 
     return vm, t, prov * 1024, use * 1024
 
 
+def _index(path: Path, reader: Iterator[list[str]]) -> tuple[int, int, int, int]:
+    """The positions of the columns we read, from the header (the reader's first row)."""
+    header = next(reader, None)
+    if header is None:
+        raise TraceError(f"{path}: empty file; a trace is {FORMAT}")
+    cols = [h.strip() for h in header]
+    missing = [c for c in REQUIRED if c not in cols]
+    if missing:
+        raise TraceError(f"{path}:1: missing column(s) {', '.join(missing)}; a trace is {FORMAT}")
+    return cols.index(REQUIRED[0]), cols.index(REQUIRED[1]), cols.index(REQUIRED[2]), cols.index(REQUIRED[3])
+
+
 def _rows(path: Path) -> Iterator[tuple[str, int, int, int]]:
     line = 0  # the last line read whole (text is decoded in blocks: a bad byte is somewhere after it)
     try:
         with _open(path) as handle:
             reader = csv.reader(handle)
-            header = next(reader, None)
-            if header is None:
-                raise TraceError(f"{path}: empty file; a trace is {FORMAT}")
-            cols = [h.strip() for h in header]
-            missing = [c for c in REQUIRED if c not in cols]
-            if missing:
-                raise TraceError(f"{path}:1: missing column(s) {', '.join(missing)}; a trace is {FORMAT}")
+            idx = _index(path, reader)
             line = 1
-            idx = (cols.index(REQUIRED[0]), cols.index(REQUIRED[1]), cols.index(REQUIRED[2]), cols.index(REQUIRED[3]))
             for row in reader:
                 line = reader.line_num
                 if row:
@@ -112,8 +126,61 @@ def _rows(path: Path) -> Iterator[tuple[str, int, int, int]]:
 
 def load_traces(path: str | Path) -> list[VMTrace]:
     """All VMs of a trace file, each sorted by time (the file need not be sorted)."""
+    path = Path(path)
+    parsed = _parse_columns(path)
+    if parsed is None:  # the checked reader names what is wrong, or reads what numpy could not
+        return _checked(path)
+    names, numbers = parsed
+    segments = np.flatnonzero(names[1:] != names[:-1]) + 1  # a file sorted by VM: one segment each
+    rows: dict[str, list[npt.NDArray[np.int64]]] = {}
+    for part_names, part in zip(np.split(names, segments), np.split(numbers, segments), strict=True):
+        rows.setdefault(str(part_names[0]).strip(), []).append(part)
+    if "" in rows:
+        return _checked(path)
+    out = []
+    for vm, parts in rows.items():
+        cols = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        cols = cols[np.argsort(cols[:, 0], kind="stable")]
+        out.append(VMTrace(vm, _array(cols[:, 0]), _array(cols[:, 1] * 1024), _array(cols[:, 2] * 1024)))
+    return out
+
+
+def _parse_columns(path: Path) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.int64]] | None:
+    """(vm names, rows of timestamp_s, provisioned KiB, usage KiB) as numpy reads them, or None
+    when it cannot, or when a value is out of range (the checked reader then says where)."""
+    try:
+        with _open(path) as handle:
+            idx = _index(path, csv.reader(handle))
+        with warnings.catch_warnings():  # a header with no rows: the checked reader says so
+            warnings.simplefilter("ignore")
+            names = _column_read(path, object, idx[:1])
+            numbers = _column_read(path, np.int64, idx[1:])
+    except (ValueError, OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error):
+        return None
+    if not len(names) or len(names) != len(numbers) or (numbers < 0).any():
+        return None
+    return names, numbers
+
+
+def _column_read(path: Path, dtype: type, columns: tuple[int, ...]) -> npt.NDArray[Any]:
+    """The columns as numpy parses the CSV (quotes as the csv module reads them; no comments)."""
+    with _open(path) as handle:
+        out: npt.NDArray[Any] = np.loadtxt(handle, dtype=dtype, delimiter=",", skiprows=1, comments=None,
+                                           quotechar='"', usecols=columns, ndmin=1 if len(columns) == 1 else 2)
+    return out
+
+
+def _array(column: npt.NDArray[np.int64]) -> array[int]:
+    """A column as the array type VMTrace keeps (the replay indexes it sample by sample)."""
+    out = array("q")
+    out.frombytes(np.ascontiguousarray(column, dtype=np.int64).tobytes())
+    return out
+
+
+def _checked(path: Path) -> list[VMTrace]:
+    """The trace read row by row, every value checked (a bad one is a TraceError naming its line)."""
     per_vm: dict[str, tuple[array[int], array[int], array[int]]] = {}
-    for vm, t, prov, use in _rows(Path(path)):
+    for vm, t, prov, use in _rows(path):
         cols = per_vm.get(vm)
         if cols is None:
             cols = per_vm[vm] = (array("q"), array("q"), array("q"))
