@@ -125,7 +125,7 @@ def decide(vm: VMState, signal: DemandSignal, params: PolicyParams, now: float) 
     floor, ceiling = live_bounds(vm, params)
     current = vm.assigned
     if signal.pressure and vm.changed_at is not None and now - vm.changed_at < params.settle_s:
-        signal = replace(signal, pressure=False)  # sampled before the resize it just had
+        signal = signal._replace(pressure=False)  # sampled before the resize it just had
     latest, peak = signal.latest, signal.peak
     if signal.pressure or (latest is not None and peak is not None and latest > peak):  # most VMs: neither
         latest, peak = demand_with_pressure(signal, current)
