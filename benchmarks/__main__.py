@@ -39,6 +39,7 @@ FIGURES: list[tuple[str, str, str, Met | None, str]] = [
     ("operator_cpu_share", "footprint", "≤ 10 % of a core", lambda v, s: v <= 0.10, "{:.1%}"),
     ("api_list_per_cycle", "footprint", "0", lambda v, s: v == 0, "{:.2f}"),
     ("api_writes_per_changed_vm", "footprint", "1", lambda v, s: v == 1, "{:.2f}"),
+    ("month_replay_s", "replay", "< 60 s", lambda v, s: v < 60, "{:.1f} s"),
 ]
 
 
@@ -77,6 +78,11 @@ def notes(results: dict[str, dict[str, Any] | None]) -> list[str]:
                    f"the operator's requests at "
                    f"steady state: {fp['steady_requests_by_operator'] or 'none'}; after {fp['changed_vms']} VMs' "
                    f"demand rose: {fp['requests_by_operator_after_change']}.")
+    if (rp := results.get("replay")) and rp.get("month_replay_s") is not None:
+        out.append(f"replay: the month through the default policy alone, as `dynamic-memory replay TRACE` runs it: "
+                   f"reading the trace {rp['trace_load_s']:.1f} s, the replay "
+                   f"{rp['month_replay_s'] - rp['trace_load_s']:.1f} s; then the other policies and buffers, "
+                   f"two processes side by side ({rp['seconds']:.0f} s in all).")
     return out
 
 
