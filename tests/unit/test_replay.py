@@ -114,6 +114,8 @@ def test_names_are_read_as_the_csv_module_reads_them(tmp_path: Path) -> None:
     ("1,0,-4,2\n", ":2: memory_provisioned_kib -4 is negative"),
     ("1,0,4,2\n1,300,4\n", ":3: 3 columns, the header has more"),
     ("1,0,4,2\n ,300,4,2\n", ":3: the vm column is empty"),
+    ("1,0,4,2\n1,300,99999999999999999999,2\n", ":3: memory_provisioned_kib 99999999999999999999 is too large"),
+    ("1,0,4,9007199254740992\n", ":2: memory_usage_kib 9007199254740992 is too large"),
 ])
 def test_a_bad_row_is_named_by_its_line(tmp_path: Path, body: str, words: str) -> None:
     path = tmp_path / "bad.csv"
