@@ -184,9 +184,11 @@ class Cluster:
     """parallelOutboundMigrationsPerNode."""
 
 
-@dataclass(frozen=True, slots=True)
-class VMState:
-    """One running VM as the engine sees it (KubeVirt's VMI status.memory plus our own history)."""
+class VMState(NamedTuple):
+    """One running VM as the engine sees it (KubeVirt's VMI status.memory plus our own history).
+
+    A NamedTuple, like Decision: the sources build one per VM per pass, and as a frozen dataclass
+    of 18 fields it took 2.6 µs to build, against 0.7 as a NamedTuple (timeit)."""
 
     key: str
     """namespace/name"""

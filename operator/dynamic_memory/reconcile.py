@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from dynamic_memory.api import PolicySpec
@@ -175,7 +175,7 @@ def plan_all(snapshot: Snapshot, signals: Mapping[str, DemandSignal], now: float
             if state is None:
                 continue
             if state.blocked in OWN_BLOCKS and not any(p.node and p.node != state.node for p in pods):
-                state = replace(state, unlanded=state.assigned + state.overhead)  # its target pod is not placed yet
+                state = state._replace(unlanded=state.assigned + state.overhead)  # its target pod is not placed yet
             if state.guest_at_boot > params.startup:
                 result.raised_floor.append(vm_key)
             if state.unplug_gap:

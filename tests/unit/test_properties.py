@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -91,7 +89,7 @@ def clusters(draw: st.DrawFn) -> tuple[list[Entry], Cluster]:
         vm = draw(vm_states(node=node, key=f"vm-{i}"))
         pinned = draw(st.booleans()) and draw(st.booleans())
         placement = Placement(((HOSTNAME, node),)) if pinned else None
-        entries.append(Entry(replace(vm, placement=placement), draw(signals), draw(params())))
+        entries.append(Entry(vm._replace(placement=placement), draw(signals), draw(params())))
     nodes = {n: NodeState(n, 128 * GIB, draw(st.integers(-GIB, 96 * GIB)), {HOSTNAME: n},
                           outbound=draw(st.integers(0, 3))) for n in names}
     return entries, Cluster(nodes, draw(st.integers(0, 6)), draw(st.integers(1, 3)))

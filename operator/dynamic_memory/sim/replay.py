@@ -143,8 +143,6 @@ def replay(traces: Sequence[VMTrace], policy: Policy, params: PolicyParams, *,
     last_grow: list[float | None] = [None] * len(traces)
     resizes: list[deque[tuple[int, Action]]] = [deque() for _ in traces]
     keys = [tr.vm for tr in traces]
-    states: list[tuple[tuple[int, int, float | None, int, int], VMState] | None] = [None] * len(traces)
-    """Each VM's state as the engine sees it, with what it was built from: rebuilt when that changes."""
     score = _Score()
     rounds = _rounds(traces)
     gc.freeze()  # millions of long-lived tuples: keep the cyclic GC from rescanning them every step
@@ -159,12 +157,9 @@ def replay(traces: Sequence[VMTrace], policy: Policy, params: PolicyParams, *,
             while log and log[0][0] <= t - 3600:
                 log.popleft()
             grows = sum(1 for _, a in log if a is _GROW) if log else 0  # most VMs: none this hour
-            inputs = (assigned[j], prov, last_grow[j], grows, len(log) - grows)
-            built = states[j]
-            if built is None or built[0] != inputs:  # most samples: as before (a VMState costs 2.5 µs to build)
-                built = states[j] = (inputs, VMState(keys[j], NODE, assigned[j], GIB if prov > GIB else prov, prov, 0,
-                                                     last_grow[j], grows, len(log) - grows))
-            entries.append(Entry(built[1], history[j].signal(t), params))
+            vm = VMState(keys[j], NODE, assigned[j], GIB if prov > GIB else prov, prov, 0, last_grow[j],
+                         grows, len(log) - grows)
+            entries.append(Entry(vm, history[j].signal(t), params))
         decisions = policy.plan(entries, None, now)  # single VMs: no cluster limits
         for (j, i), d in zip(members, decisions, strict=True):
             tr = traces[j]
