@@ -291,6 +291,13 @@ class Why(NamedTuple):
         return _REASON.vformat(self.template, (), self.values)
 
 
+from_fields = tuple.__new__
+"""`from_fields(Decision, (every field, in order))`: a Decision (or Why) built the way NamedTuple's own
+`_make` builds one, without its generated `__new__`, which binds eleven arguments and their
+defaults: 0.26 against 0.55 µs here (timeit), for the Decision every VM gets on every pass. Only for
+the engine's hot paths; everything else names its fields."""
+
+
 class Decision(NamedTuple):
     """What the engine wants for one VM, and why, in words an administrator can check.
 

@@ -27,6 +27,7 @@ from dynamic_memory.model import (
     Requirement,
     Toleration,
     Why,
+    from_fields,
 )
 from dynamic_memory.quantity import align_down
 
@@ -99,8 +100,8 @@ def _order(entries: Sequence[Entry], decisions: Sequence[Decision]) -> list[int]
 
 
 def _hold(d: Decision, limit: Limit, why: Why) -> Decision:
-    return Decision(d.key, d.node, d.current, d.current, _HOLD, d.why, d.demand, d.wanted, limit,
-                    (*d.notes, why), d.landing)
+    return from_fields(Decision, (d.key, d.node, d.current, d.current, _HOLD, d.why, d.demand, d.wanted, limit,
+                                  (*d.notes, why), d.landing))
 
 
 _NO_SLOT = Why("MigrationsBusy", "KubeVirt's parallel migrations (parallelMigrationsPerCluster) are in use: "

@@ -16,7 +16,17 @@ import re
 import string
 from dataclasses import replace
 
-from dynamic_memory.model import KUBEVIRT_BLOCK, Action, Decision, DemandSignal, Limit, PolicyParams, VMState, Why
+from dynamic_memory.model import (
+    KUBEVIRT_BLOCK,
+    Action,
+    Decision,
+    DemandSignal,
+    Limit,
+    PolicyParams,
+    VMState,
+    Why,
+    from_fields,
+)
 from dynamic_memory.quantity import align_down, align_up
 
 SHORTFALL_BUMP_PERCENT = 10
@@ -111,13 +121,14 @@ a pass reads one for every VM."""
 
 def _hold(vm: VMState, why: Why, demand: int | None = None, wanted: int | None = None,
           limited: Limit | None = None) -> Decision:
-    return Decision(vm.key, vm.node, vm.assigned, vm.assigned, _HOLD, why,
-                    demand, vm.assigned if wanted is None else wanted, limited)
+    current = vm.assigned
+    return from_fields(Decision, (vm.key, vm.node, current, current, _HOLD, why, demand,
+                           current if wanted is None else wanted, limited, (), None))
 
 
 def _move(vm: VMState, target: int, why: Why, demand: int | None, limited: Limit | None = None) -> Decision:
     action = _GROW if target > vm.assigned else _SHRINK
-    return Decision(vm.key, vm.node, vm.assigned, target, action, why, demand, target, limited)
+    return from_fields(Decision, (vm.key, vm.node, vm.assigned, target, action, why, demand, target, limited, (), None))
 
 
 def decide(vm: VMState, signal: DemandSignal, params: PolicyParams, now: float) -> Decision:
@@ -169,8 +180,8 @@ def decide(vm: VMState, signal: DemandSignal, params: PolicyParams, now: float) 
     desired = fit(with_buffer(peak, params), floor, ceiling, params.alignment)
     step = params.scale_down.step(current)
     if current - desired < step:
-        return Decision(vm.key, vm.node, current, current, _HOLD, Why("Steady", _STEADY, (
-            peak, params, desired, step, current)), peak, current)  # most VMs: _hold, inlined
+        return from_fields(Decision, (vm.key, vm.node, current, current, _HOLD, from_fields(Why, ("Steady", _STEADY, (
+            peak, params, desired, step, current))), peak, current, None, (), None))  # most VMs: _hold, inlined
     if not signal.enough_history:
         return _hold(vm, Why("WarmingUp", _WARMING_UP, (peak, params, desired)),
                      peak, None, Limit.RATE)
@@ -182,5 +193,4 @@ def decide(vm: VMState, signal: DemandSignal, params: PolicyParams, now: float) 
     if vm.shrinks_last_hour >= params.scale_down.max_per_hour:
         return _hold(vm, Why("ShrinkRateLimited", _SHRINK_RATE_LIMITED, (
             peak, params, desired, vm.shrinks_last_hour)), peak, None, Limit.RATE)
-    return _move(vm, desired, Why("DemandFell", _DEMAND_FELL, (peak, params, desired)),
-                 peak)
+    return _move(vm, desired, Why("DemandFell", _DEMAND_FELL, (peak, params, desired)), peak)
