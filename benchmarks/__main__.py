@@ -56,7 +56,8 @@ def notes(results: dict[str, dict[str, Any] | None]) -> list[str]:
     """One line per benchmark: the conditions and the profile behind its headline figure."""
     out = []
     if engine := results.get("engine_scale"):
-        out.append(f"engine: one `plan` pass, medians; from 10k to 100k VMs the pass grows "
+        out.append(f"engine: one `plan` pass, medians, the sizes taking turns (each timed pass right after an "
+                   f"untimed one of its size); from 10k to 100k VMs the pass grows "
                    f"{engine['engine_100k_over_10k']:.2f}×, its Python calls "
                    f"{engine.get('calls_100k_over_10k', 0):.2f}×, "
                    f"and a loop that only reads each VM once {engine.get('touch_100k_over_10k', 0):.2f}× (this "
