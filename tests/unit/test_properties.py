@@ -54,6 +54,7 @@ signals = st.builds(DemandSignal, maybe_bytes, maybe_bytes, st.booleans(), st.bo
 def test_target_is_within_live_bounds_and_aligned(vm: VMState, signal: DemandSignal, p: PolicyParams,
                                                   now: float) -> None:
     d = decide(vm, signal, p, now)
+    assert len(d) == len(d._fields)  # the hot paths build decisions from every field, in order
     floor, ceiling = live_bounds(vm, p)
     if d.action is not Action.HOLD:
         assert floor <= d.target <= ceiling
@@ -101,6 +102,7 @@ def test_the_plan_never_overfills_a_node_and_moves_every_change_elsewhere(world:
                                                                           now: float) -> None:
     entries, cluster = world
     decisions = plan(entries, cluster, now)
+    assert all(len(d) == len(d._fields) for d in decisions)
     by_key = {e.vm.key: e for e in entries}
     changes = [d for d in decisions if d.changes]
     for name, node in cluster.nodes.items():
