@@ -62,6 +62,10 @@ def notes(results: dict[str, dict[str, Any] | None]) -> list[str]:
                    f"{engine.get('calls_100k_over_10k', 0):.2f}×, "
                    f"and a loop that only reads each VM once {engine.get('touch_100k_over_10k', 0):.2f}× (this "
                    f"machine's caches; see `profile_10k` in engine_scale.json).")
+        if by := engine.get("allocators_10k_ms"):  # absent from results written before it was measured
+            out.append("engine, by allocator: the 10k pass in fresh processes taking turns, medians: on Python's "
+                       f"allocator {', '.join(f'{t:.1f}' for t in by['pymalloc'])} ms, on the operator image's "
+                       f"(deploy/Dockerfile) {', '.join(f'{t:.1f}' for t in by['image'])} ms.")
     if prom := results.get("prometheus_reads"):
         big = prom["10000"]
         queries = ", ".join(f"{k} {v:.0f} ms" for k, v in big["per_query_ms"].items() if not k.startswith("seed"))

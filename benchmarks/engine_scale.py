@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import cProfile
 import io
+import os
 import pstats
 import random
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.common import median, say, timed
+from benchmarks.common import ROOT, median, say, timed
 from dynamic_memory.model import Blocker, Cluster, DemandSignal, Limit, NodeState, PolicyParams, VMState
 from dynamic_memory.policy.engine import Entry, plan
 from dynamic_memory.quantity import GIB, MIB
+from tests.e2e.image import check_preloaded, image_allocator
 
 SIZES = ((1_000, 50), (10_000, 500), (100_000, 5_000))
 NOW = 1_800_000_000.0
@@ -78,6 +82,30 @@ def warm_then_timed(fn: Callable[[], object]) -> float:
     return timed(fn, 1)[0]
 
 
+def child_pass() -> None:
+    """In a child process: the median 10k pass of `argv[1]` rounds, printed in ms. Started by
+    `allocator_passes` under each allocator; a process's allocator is chosen when it starts."""
+    rounds, image = int(sys.argv[1]), sys.argv[2] == "image"
+    if image:
+        check_preloaded(os.getpid(), image_allocator())  # the loader only warns when it cannot preload
+    entries, cluster = fleet(10_000, 500)
+    print(median([warm_then_timed(lambda: plan(entries, cluster, NOW)) for _ in range(rounds)]) * 1000)
+
+
+def allocator_passes(processes: int, rounds: int) -> dict[str, list[float]]:
+    """The 10k pass on Python's allocator and on the operator image's (deploy/Dockerfile: jemalloc
+    for every allocation, one arena, no thread caches, pages handed back at once, chosen for the
+    resident memory of a 1,000-VM operator): a fresh process each, the two taking turns."""
+    out: dict[str, list[float]] = {"pymalloc": [], "image": []}
+    for _ in range(processes):
+        for which, env in (("pymalloc", {}), ("image", image_allocator())):
+            done = subprocess.run([sys.executable, "-c", "from benchmarks.engine_scale import child_pass; child_pass()",
+                                   str(rounds), which], cwd=ROOT, env={**os.environ, **env}, check=True,
+                                  capture_output=True, text=True)
+            out[which].append(float(done.stdout))
+    return out
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     """Median pass time at each size; the 10k target and the linearity ratio.
 
@@ -121,5 +149,10 @@ def run(quick: bool = False) -> dict[str, Any]:
               "calls_100k_over_10k": calls_ratio, "touch_100k_over_10k": touch_ratio,
               "targets": {"engine_10k_ms": "< 50", "engine_100k_over_10k": "<= 11"}, "profile_10k": profiles[10_000]}
     say(f"engine: 10k pass {result['engine_10k_ms']:.1f} ms (target < 50 ms); 100k/10k = {ratio:.2f} (target ≤ 11)")
+    by_allocator = allocator_passes(2 if quick else 3, 7 if quick else 15)
+    result["allocators_10k_ms"] = by_allocator
+    say("engine: the 10k pass in fresh processes taking turns, medians: on Python's allocator "
+        f"{', '.join(f'{t:.1f}' for t in by_allocator['pymalloc'])} ms; on the operator image's (jemalloc, no "
+        f"thread caches) {', '.join(f'{t:.1f}' for t in by_allocator['image'])} ms")
     return result
 
