@@ -211,6 +211,11 @@ class PolicySpec(_Strict):
         "Memory kept free above demand, in percent of demand (Hyper-V's buffer, 5-2000)."))
     minimumBuffer: Quantity = Field("1Gi", description=(
         "The buffer is never smaller than this: guests burst in absolute sizes (a process starting)."))
+    timeOfDay: bool = Field(False, description=(
+        "Also size each VM for its time of day, from its hourly peaks of the last 3 days (UTC clock hours, "
+        "read from Prometheus when the operator starts): never shrink below the peak it reached in the "
+        "coming 6 hours on 2 of those days, and grow 15 minutes before an hour that peaked above its size "
+        "on 2 of them. Best with a minimumBuffer of 512Mi (see the README's replay)."))
     weight: int = Field(5000, ge=0, le=10000, description=(
         "Share of a short node's memory, relative to the other VMs there (Hyper-V's weight, 0-10000)."))
     interval: Duration = Field("30s", description=(
@@ -248,7 +253,7 @@ class PolicySpec(_Strict):
         return PolicyParams(
             startup=parse_quantity(self.startup), minimum=parse_quantity(self.minimum),
             maximum=parse_quantity(self.maximum), buffer_percent=self.bufferPercent,
-            minimum_buffer=parse_quantity(self.minimumBuffer), weight=self.weight,
+            minimum_buffer=parse_quantity(self.minimumBuffer), time_of_day=self.timeOfDay, weight=self.weight,
             scale_up=ScaleRules(parse_duration(up.stabilizationWindow), parse_quantity(up.minStep),
                                 up.minStepPercent, up.maxPerHour),
             scale_down=ScaleRules(parse_duration(down.stabilizationWindow), parse_quantity(down.minStep),

@@ -254,7 +254,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
                ("seconds", "seconds", "{:.1f}")]
     first = results[0]
     print(f"{part}{first['vms']} VMs, {first['vm_days']:.0f} VM-days, {first['samples']} samples "
-          f"({first['missing_samples']} missing); {source}, minimum buffer {format_bytes(params.minimum_buffer)}")
+          f"({first['missing_samples']} missing); {source}, minimum buffer {format_bytes(params.minimum_buffer)}"
+          f"{', sized for the time of day' if params.time_of_day else ''}")
     print(table(results, columns))
     return 0
 

@@ -9,11 +9,12 @@ Prometheus for the whole scale-down window only once (sources/prometheus.py).
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left, insort
 from collections import deque
 
 from dynamic_memory.model import DemandSignal
-from dynamic_memory.policy.engine import SignalSpec
+from dynamic_memory.policy.engine import DailyPattern, SignalSpec
 
 
 class WindowExtreme:
@@ -77,10 +78,61 @@ class _WindowQuantile:
         return self.sorted[min(n - 1, int(self.q * (n - 1) + 0.5))]
 
 
+class DailyPeaks:
+    """Each clock hour's highest demand over the last days, and what they say of the hours to come.
+
+    A guest that peaks every night at two is expected to peak tonight at two: `recurring` is the
+    highest demand of the coming `ahead_h` hours as the guest reached it on at least `agree` of
+    its last `days` days, `soon` the same for the one hour holding now + lead_s. Both change only
+    when the clock hour does (past hours are done), so they are worked out once an hour. The
+    hours are kept in a ring of flat arrays, each slot stamped with the hour it holds: 1.5 KiB a
+    VM for 3 days, where a dict of ints took 9.7 KiB (tracemalloc, 1,000 VMs).
+    """
+
+    __slots__ = ("pattern", "peaks", "recurring", "recurring_hour", "soon", "soon_hour", "stamps")
+
+    def __init__(self, pattern: DailyPattern) -> None:
+        self.pattern = pattern
+        ring = 24 * (pattern.days + 1)  # every hour a question reaches, the one now included
+        self.stamps = array("i", [-1]) * ring
+        self.peaks = array("q", [0]) * ring
+        self.recurring_hour = self.soon_hour = -1
+        self.recurring: int | None = None
+        self.soon: int | None = None
+
+    def push(self, t: float, value: int) -> None:
+        hour = int(t // 3600)
+        slot = hour % len(self.stamps)
+        if self.stamps[slot] != hour:
+            self.stamps[slot], self.peaks[slot] = hour, value
+        elif value > self.peaks[slot]:
+            self.peaks[slot] = value
+
+    def _peak(self, first: int, count: int) -> int:
+        stamps, peaks, ring = self.stamps, self.peaks, len(self.stamps)
+        return max([peaks[h % ring] if stamps[h % ring] == h else 0 for h in range(first, first + count)])
+
+    def _agreed(self, first: int, count: int) -> int | None:
+        """The agree-th highest, over the past days, of their peak in `count` hours from `first`."""
+        p = self.pattern
+        per_day = sorted([self._peak(first - 24 * day, count) for day in range(1, p.days + 1)], reverse=True)
+        return per_day[p.agree - 1] or None
+
+    def get(self, now: float) -> tuple[int | None, int | None]:
+        """(recurring, soon) at `now`."""
+        hour = int(now // 3600)
+        if hour != self.recurring_hour:
+            self.recurring_hour, self.recurring = hour, self._agreed(hour, self.pattern.ahead_h)
+        soon_hour = int((now + self.pattern.lead_s) // 3600)
+        if soon_hour != self.soon_hour:
+            self.soon_hour, self.soon = soon_hour, self._agreed(soon_hour, 1)
+        return self.recurring, self.soon
+
+
 class DemandHistory:
     """Everything a policy's SignalSpec needs about one guest, from its past samples."""
 
-    __slots__ = ("first", "last", "last_t", "low", "peak", "spec", "stale_s")
+    __slots__ = ("daily", "first", "last", "last_t", "low", "peak", "spec", "stale_s")
 
     def __init__(self, spec: SignalSpec, stale_s: float) -> None:
         self.spec = spec
@@ -93,6 +145,7 @@ class DemandHistory:
         if spec.down_window_s > 0:
             self.peak = (WindowExtreme(spec.down_window_s, largest=True) if spec.down_quantile >= 1.0
                          else _WindowQuantile(spec.down_window_s, spec.down_quantile))
+        self.daily = DailyPeaks(spec.daily) if spec.daily is not None else None
 
     def push(self, t: float, demand: int) -> None:
         """Record one sample of guest demand (bytes) taken at time t."""
@@ -103,6 +156,8 @@ class DemandHistory:
             self.low.push(t, demand)
         if self.peak is not None:
             self.peak.push(t, demand)
+        if self.daily is not None:
+            self.daily.push(t, demand)
 
     def signal(self, now: float, pressure: bool = False) -> DemandSignal:
         """What Prometheus would answer at `now`: unknown when the newest sample is stale."""
@@ -112,4 +167,6 @@ class DemandHistory:
         peak = self.last if self.peak is None else self.peak.get(now)
         needed = min(self.spec.min_history_s, self.spec.down_window_s)
         enough = self.first is not None and now - self.first >= needed
-        return DemandSignal(latest, peak, enough, pressure)
+        if self.daily is None:
+            return DemandSignal(latest, peak, enough, pressure)
+        return DemandSignal(latest, peak, enough, pressure, *self.daily.get(now))

@@ -106,6 +106,8 @@ class PolicyParams:
     maximum: int
     buffer_percent: int = 20
     minimum_buffer: int = GIB
+    time_of_day: bool = False
+    """Also size for the guest's time of day (policy.engine.DailyPattern)."""
     weight: int = 5000
     scale_up: ScaleRules = field(default_factory=lambda: ScaleRules(0.0, 768 * MIB, 10, 4))
     scale_down: ScaleRules = field(default_factory=lambda: ScaleRules(8 * 3600.0, GIB, 10, 1))
@@ -259,6 +261,11 @@ class DemandSignal(NamedTuple):
     """The samples span scaleDown.minHistory (or the whole window); until then the VM is never shrunk."""
     pressure: bool = False
     """The guest is short now: major page faults or swap-in. Demand is then at least what it has."""
+    recurring: int | None = None
+    """Time of day: the highest demand of the hours to come, as the guest reached it at this time
+    on enough of its past days (None: no such pattern read, or too little history)."""
+    soon: int | None = None
+    """Time of day: the highest demand of the hour starting shortly, as on enough of its past days."""
 
 
 class _ReasonFormatter(string.Formatter):

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from dynamic_memory.model import DemandSignal
-from dynamic_memory.policy.engine import SignalSpec
+from dynamic_memory.policy.engine import DailyPattern, SignalSpec
 from dynamic_memory.quantity import GIB
 from dynamic_memory.sources.prometheus import (
     Group,
@@ -118,3 +118,16 @@ def test_prometheus_down_is_an_error_not_low_demand() -> None:
     src = PrometheusSource(PrometheusSettings(f"http://127.0.0.1:{free_port()}", timeout_s=2))
     signals, failed = src.signals({group("x"): {"x/vm"}}, time.time())
     assert signals == {} and failed[group("x")].unreachable, failed
+
+
+def test_the_time_of_day_query_is_answered(prometheus: Prometheus, guest_metrics: GuestMetrics) -> None:
+    """The hourly range query a time-of-day pattern is seeded from is one Prometheus takes; a guest
+    with no past days has no pattern (its demand alone sizes it)."""
+    guest_metrics.set("daily", "vm", available=8 * GIB, demand=2 * GIB)
+    prometheus.wait_for('kubevirt_vmi_memory_available_bytes{namespace="daily"}')
+    src = source(prometheus)
+    g = Group(SignalSpec(0, 30, 1.0, 5, DailyPattern()), MetricsView(stale_s=5), frozenset({"daily"}))
+    signals, failed = src.signals({g: {"daily/vm"}}, time.time())
+    assert failed == {}
+    assert signals["daily/vm"].latest == 2 * GIB
+    assert (signals["daily/vm"].recurring, signals["daily/vm"].soon) == (None, None)

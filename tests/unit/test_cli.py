@@ -62,6 +62,24 @@ def test_replay_of_some_days_starts_every_vm_over(tmp_path: Path) -> None:
     assert optimum["memory_ratio"] == pytest.approx(5 / 8, abs=0.01)
 
 
+def test_replay_with_time_of_day_grows_before_a_nightly_peak(tmp_path: Path) -> None:
+    # five days of 1 GiB used, 6 GiB from 02:00 to 03:00 every night, 8 GiB provisioned
+    rows = [(1, t * 300, 8, 6 if (t * 300) % 86400 // 3600 == 2 else 1) for t in range(5 * 288)]
+    trace = write_trace(tmp_path / "t.csv", rows)
+    policy = tmp_path / "daily.yaml"
+    policy.write_text(POLICY.replace("  bufferPercent: 20\n", "  bufferPercent: 20\n  timeOfDay: true\n"))
+    plain = json.loads(run("replay", str(trace), "--json").stdout)
+    out = run("replay", str(trace), "--policy-file", str(policy), "--json")
+    assert out.returncode == 0, out.stderr
+    daily = json.loads(out.stdout)
+    # the engine shrinks after each night's peak and is short when the next one starts; knowing the
+    # nights before, it grows before the third one and later ones
+    assert plain["pressure_fraction"] > 0
+    assert daily["pressure_fraction"] < plain["pressure_fraction"]
+    assert daily["resizes_by_reason"].get("PeakAhead", 0) >= 2
+    assert "sized for the time of day" in run("replay", str(trace), "--policy-file", str(policy)).stdout
+
+
 @pytest.mark.parametrize(("args", "words"), [
     (("replay", "/nonexistent.csv"), "error: /nonexistent.csv: no such file"),
     (("replay", "/nonexistent.csv", "--days", "5:3"), "'5:3': give FROM:TO in days after the trace's first sample"),

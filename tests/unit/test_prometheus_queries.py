@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 
-from dynamic_memory.policy.engine import SignalSpec
+from dynamic_memory.policy.engine import DailyPattern, SignalSpec
 from dynamic_memory.sources.prometheus import (
     Group,
     MetricsView,
     WindowCache,
+    hourly_query,
+    hourly_range,
     queries,
     regex_literal,
     seed_pieces,
@@ -69,3 +71,30 @@ def test_vms_no_longer_asked_are_forgotten_and_quantiles_are_not_cached() -> Non
     assert cache.missing(WINDOW, ["ns/a"]) == ["ns/a"]
     assert not WindowCache.cacheable(SignalSpec(down_window_s=3600, down_quantile=0.9))
     assert not WindowCache.cacheable(SignalSpec(down_window_s=0))
+
+
+DAILY = Group(SignalSpec(down_window_s=8 * 3600, daily=DailyPattern(days=3, agree=2, ahead_h=8, lead_s=900)),
+              MetricsView(), frozenset({"ns"}))
+
+
+def test_the_hourly_peaks_of_the_past_days_are_one_range_query() -> None:
+    assert hourly_query(DAILY, {"a"}, 60).startswith("max_over_time(max by (namespace, name) (")
+    assert hourly_query(DAILY, {"a"}, 60).endswith("[3600s:60s])")
+    # at 10:20 on day 3: the points are the ends of the 72 whole hours before 10:00
+    now = 3 * 86400 + 10 * 3600 + 1200
+    start, end = hourly_range(now, 3)
+    assert (end, (end - start) / 3600 + 1) == (3 * 86400 + 10 * 3600, 72)
+
+
+def test_the_time_of_day_is_seeded_from_the_hourly_peaks_and_kept_up() -> None:
+    cache, gib = WindowCache(), 2.0**30
+    # ns/a reached 6Gi between 02:00 and 03:00 on days 0 and 2, 1Gi in every other hour
+    hourly = {"ns/a": [(h * 3600.0 + 3600, 6 * gib if h % 24 == 2 and h // 24 != 1 else gib) for h in range(72)]}
+    now = 3 * 86400 + 3600.0  # 01:00 on day 3
+    cache.seed(DAILY, ["ns/a", "ns/b"], {0: {"ns/a": gib}}, now, hourly)
+    first = cache.update(DAILY, ["ns/a", "ns/b"], {"ns/a": gib}, now)
+    assert first["recurring"] == {"ns/a": 6 * gib}   # 02:00 is within the coming 8 h, on 2 of 3 days
+    assert first["soon"] == {"ns/a": gib}            # 01:15 is in the 01:00 hour
+    later = cache.update(DAILY, ["ns/a", "ns/b"], {"ns/a": gib}, now + 50 * 60)  # 01:50: 02:05 is next
+    assert later["soon"] == {"ns/a": 6 * gib}
+    assert "ns/b" not in later["recurring"]          # no past days read: no pattern

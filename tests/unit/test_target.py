@@ -36,6 +36,8 @@ class Row:
     grows: int = 0
     shrinks: int = 0
     blocked: Blocker | None = None
+    recurring: float | None = None
+    soon: float | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -70,6 +72,18 @@ ROWS = [
     Row("grows per hour are limited", 4, 5, 5, Action.HOLD, code="GrowRateLimited", grows=4),
     Row("a second grow in the hour doubles the buffer", 4, 5, 5, Action.GROW, sized(5, bump=True, doublings=1),
         "DemandRose", grows=1),
+    # time of day: 6Gi + 20 % = 7.2Gi, 3686.4 blocks of 2Mi, rounded up to 3687
+    Row("a peak its past days had in the coming hour: grows before it", 4, 2, 2, Action.GROW, 3687 * 2 * MIB,
+        "PeakAhead", soon=6),
+    Row("no peak above its size in the coming hour: no grow ahead", 8, 2, 2, Action.SHRINK, 3 * GIB, "DemandFell",
+        soon=6),
+    Row("grows per hour are limited, also ahead of a peak", 4, 3, 3, Action.HOLD, code="Steady", grows=4, soon=6),
+    Row("its past days' peak of the coming hours keeps it from shrinking", 8, 2, 3, Action.HOLD, code="Steady",
+        recurring=7),
+    Row("a shrink goes no lower than its past days' peak of the coming hours", 12, 2, 3, Action.SHRINK,
+        3687 * 2 * MIB, "DemandFell", recurring=6),
+    Row("a past days' peak below the window's changes nothing", 8, 2, 3, Action.SHRINK, 4 * GIB, "DemandFell",
+        recurring=2),
 ]
 
 
@@ -79,7 +93,9 @@ def test_decide(row: Row) -> None:
                  None if row.last_grow_h_ago is None else NOW - row.last_grow_h_ago * H,
                  row.grows, row.shrinks, row.blocked)
     signal = DemandSignal(None if row.latest is None else gib(row.latest),
-                          None if row.peak is None else gib(row.peak), row.enough_history, row.pressure)
+                          None if row.peak is None else gib(row.peak), row.enough_history, row.pressure,
+                          None if row.recurring is None else gib(row.recurring),
+                          None if row.soon is None else gib(row.soon))
     d = decide(vm, signal, PARAMS, NOW)
     assert (d.action, d.why.code) == (row.action, row.code), d.reason
     assert d.target == (row.target if row.target is not None else vm.assigned), d.reason
@@ -90,6 +106,17 @@ def test_reason_reads_like_the_issue_example() -> None:
     vm = VMState("ns/vm", "node", gib(3.3), gib(2), gib(16))
     d = decide(vm, DemandSignal(gib(3.1), gib(3.1)), PARAMS, NOW)
     assert d.reason == "demand 3.1Gi + 20% buffer (at least 1Gi) → 4.1Gi"
+
+
+def test_reasons_say_when_sized_for_the_time_of_day() -> None:
+    vm = VMState("ns/vm", "node", gib(4), gib(2), gib(16))
+    ahead = decide(vm, DemandSignal(gib(2), gib(2), soon=gib(6)), PARAMS, NOW)
+    assert ahead.reason == "peak of the coming hour on past days 6Gi + 20% buffer (at least 1Gi) → 7.2Gi: growing " \
+                           "before it comes"
+    held = decide(VMState("ns/vm", "node", gib(8), gib(2), gib(16)), DemandSignal(gib(2), gib(3), recurring=gib(7)),
+                  PARAMS, NOW)
+    assert held.reason == ("peak of the coming hours at this time on past days 7Gi + 20% buffer (at least 1Gi) → "
+                           "8.4Gi; within 1Gi of 8Gi: not worth a migration")
 
 
 def test_reason_shows_every_factor_of_a_grow() -> None:

@@ -26,6 +26,21 @@ class Entry(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class DailyPattern:
+    """How a time-of-day pattern is read from a guest's past days, by clock hour (UTC)."""
+
+    days: int = 3
+    """Past days looked at."""
+    agree: int = 2
+    """A peak counts when the guest reached it on at least this many of them (the agree-th highest
+    of the days' peaks), so that one unusual day is not taken for a pattern."""
+    ahead_h: int = 6
+    """`recurring` covers the hour now and this many hours in all (at most 24)."""
+    lead_s: float = 900.0
+    """`soon` is the clock hour holding now + lead_s: a VM grows this long before a peak's hour."""
+
+
+@dataclass(frozen=True, slots=True)
 class SignalSpec:
     """Which demand statistics a policy reads: the sources compute exactly these (PromQL or replay)."""
 
@@ -37,6 +52,9 @@ class SignalSpec:
     """`peak` is this quantile of the window (1.0: the maximum)."""
     min_history_s: float = 0.0
     """`enough_history` once the samples span this long (capped at the down window)."""
+    daily: DailyPattern | None = None
+    """`recurring` and `soon` are read from past days this way (None: not read). The operator reads
+    them where it keeps each VM's window between passes (its way for our engine)."""
 
 
 class Policy(Protocol):
@@ -87,8 +105,9 @@ class DynamicMemory:
     follows_demand = True
 
     def signal_spec(self, params: PolicyParams) -> SignalSpec:
-        """Lowest demand of the scale-up window, highest of the scale-down window."""
-        return SignalSpec(params.scale_up.window_s, params.scale_down.window_s, 1.0, params.min_history_s)
+        """Lowest demand of the scale-up window, highest of the scale-down window (and the time of day)."""
+        return SignalSpec(params.scale_up.window_s, params.scale_down.window_s, 1.0, params.min_history_s,
+                          DailyPattern() if params.time_of_day else None)
 
     def plan(self, entries: Sequence[Entry], cluster: Cluster | None, now: float) -> list[Decision]:
         """See `plan`."""

@@ -7,7 +7,9 @@ The steps, each small enough to test on its own:
                         and each grow within the hour doubles the buffer of the next
   live_bounds           policy bounds met with KubeVirt's (guestAtBoot .. maxGuest)
   fit                   2 MiB alignment, then the bounds
-  decide                grow promptly; shrink a window after the last grow, by a step worth a migration
+  decide                grow promptly; shrink a window after the last grow, by a step worth a migration;
+                        with a time-of-day signal, grow before a peak the guest's past days had in
+                        the coming hour, and shrink no lower than they had in the coming hours
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import replace
+from typing import NamedTuple
 
 from dynamic_memory.model import (
     KUBEVIRT_BLOCK,
@@ -95,15 +98,31 @@ def _sizing_template(what: str, then: str = "", extra: tuple[str, ...] = (), *, 
     return named
 
 
+class _ShrinkWords(NamedTuple):
+    """The words of a VM sized for a peak (holding, or shrinking to it), by what the peak is."""
+
+    steady: str
+    warming_up: str
+    waiting: str
+    rate_limited: str
+    fell: str
+
+
+def _shrink_words(what: str) -> _ShrinkWords:
+    return _ShrinkWords(
+        _sizing_template(what, "; within {step:B} of {current:B}: not worth a migration", ("step", "current")),
+        _sizing_template(what, "; waiting for metrics to span scaleDown.minHistory"),
+        _sizing_template(what, "; grew too recently ({left:.0f} min of the scale-down window left)", ("left",)),
+        _sizing_template(what, "; waiting: {n} shrinks in the last hour (scaleDown.maxPerHour)", ("n",)),
+        _sizing_template(what))
+
+
 _BUMP = f" +{SHORTFALL_BUMP_PERCENT}% (it ran short)"
-_PEAK = "peak demand"
-_STEADY = _sizing_template(_PEAK, "; within {step:B} of {current:B}: not worth a migration", ("step", "current"))
-_WARMING_UP = _sizing_template(_PEAK, "; waiting for metrics to span scaleDown.minHistory")
-_SHRINK_WAITING = _sizing_template(_PEAK, "; grew too recently ({left:.0f} min of the scale-down window left)",
-                                   ("left",))
-_SHRINK_RATE_LIMITED = _sizing_template(_PEAK, "; waiting: {n} shrinks in the last hour (scaleDown.maxPerHour)",
-                                        ("n",))
-_DEMAND_FELL = _sizing_template(_PEAK)
+_BY_PEAK = _shrink_words("peak demand")
+_BY_DAY = _shrink_words("peak of the coming hours at this time on past days")
+"""Sized for its time of day: the guest reached more in the coming hours on its past days than
+in its scale-down window, and is not shrunk below it."""
+_PEAK_AHEAD = _sizing_template("peak of the coming hour on past days", ": growing before it comes")
 _GROWN = ("n", "scale", "min_buffer")
 """A grow's extra fields: grows in the last hour, and the buffer's doubling and floor after them."""
 _GROW_WORDS = {(short, doubled): (_sizing_template(_what, "", _GROWN, bump=short, doubled=doubled),
@@ -173,24 +192,34 @@ def decide(vm: VMState, signal: DemandSignal, params: PolicyParams, now: float) 
         if n >= params.scale_up.max_per_hour:
             return _hold(vm, Why("GrowRateLimited", limited_words, values), up_base, grow_to, Limit.RATE)
         return _move(vm, grow_to, Why("DemandRose", words, values), up_base)
+    soon = signal.soon
+    if soon is not None and soon > current and vm.grows_last_hour < params.scale_up.max_per_hour:
+        ahead = fit(with_buffer(soon, params), floor, ceiling, params.alignment)
+        if ahead > current:  # it will be short in that hour, as it was on its past days
+            return _move(vm, ahead, Why("PeakAhead", _PEAK_AHEAD, (soon, params, ahead)), latest)
 
     if peak is None:
         return _hold(vm, Why("NoPeakYet", "demand {latest:B}; no peak over the scale-down window yet",
                              {"latest": latest}), demand=latest)
-    desired = fit(with_buffer(peak, params), floor, ceiling, params.alignment)
+    sized_by, sizing = peak, _BY_PEAK
+    recurring = signal.recurring
+    if recurring is not None and recurring > peak:
+        sized_by, sizing = recurring, _BY_DAY
+    desired = fit(with_buffer(sized_by, params), floor, ceiling, params.alignment)
     step = params.scale_down.step(current)
     if current - desired < step:
-        return from_fields(Decision, (vm.key, vm.node, current, current, _HOLD, from_fields(Why, ("Steady", _STEADY, (
-            peak, params, desired, step, current))), peak, current, None, (), None))  # most VMs: _hold, inlined
+        return from_fields(Decision, (vm.key, vm.node, current, current, _HOLD, from_fields(Why, (
+            "Steady", sizing.steady, (sized_by, params, desired, step, current))), peak, current, None, (),
+            None))  # most VMs: _hold, inlined
     if not signal.enough_history:
-        return _hold(vm, Why("WarmingUp", _WARMING_UP, (peak, params, desired)),
+        return _hold(vm, Why("WarmingUp", sizing.warming_up, (sized_by, params, desired)),
                      peak, None, Limit.RATE)
     window = params.scale_down.window_s
     if vm.last_grow is not None and now - vm.last_grow < window:
-        return _hold(vm, Why("ShrinkWaiting", _SHRINK_WAITING, (
-            peak, params, desired, (window - (now - vm.last_grow)) / 60)),
+        return _hold(vm, Why("ShrinkWaiting", sizing.waiting, (
+            sized_by, params, desired, (window - (now - vm.last_grow)) / 60)),
             peak, None, Limit.RATE)
     if vm.shrinks_last_hour >= params.scale_down.max_per_hour:
-        return _hold(vm, Why("ShrinkRateLimited", _SHRINK_RATE_LIMITED, (
-            peak, params, desired, vm.shrinks_last_hour)), peak, None, Limit.RATE)
-    return _move(vm, desired, Why("DemandFell", _DEMAND_FELL, (peak, params, desired)), peak)
+        return _hold(vm, Why("ShrinkRateLimited", sizing.rate_limited, (
+            sized_by, params, desired, vm.shrinks_last_hour)), peak, None, Limit.RATE)
+    return _move(vm, desired, Why("DemandFell", sizing.fell, (sized_by, params, desired)), peak)

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from dynamic_memory.history import WindowExtreme
+from dynamic_memory.history import DailyPeaks, WindowExtreme
 from dynamic_memory.model import DemandSignal, VMHistory
 from dynamic_memory.policy.engine import SignalSpec
 
@@ -148,10 +148,25 @@ def seed_queries(group: Group, names: Collection[str] = (),
             for ago in offsets}
 
 
+def hourly_query(group: Group, names: Collection[str] = (), resolution_s: float = RESOLUTION_S) -> str:
+    """Each VM's peak demand of the hour ending at each point: the range query, stepped by the hour
+    over the past days, that a time-of-day pattern is read from when the operator starts."""
+    demand = _demand(group, names if len(names) <= SEED_NAMES_MAX else ())
+    return f"max_over_time({demand}[3600s:{_dur(resolution_s)}])"
+
+
+def hourly_range(now: float, days: int) -> tuple[float, float]:
+    """(start, end) of the hourly range query: the past `days` days of whole clock hours."""
+    end = now // 3600 * 3600
+    return end - days * 86400 + 3600, end
+
+
 @dataclass(slots=True)
 class _Window:
     peak: WindowExtreme
     first: float | None
+    daily: DailyPeaks | None = None
+    """Its hourly peaks of the past days (when the policy reads its time of day)."""
 
 
 class WindowCache:
@@ -178,12 +193,18 @@ class WindowCache:
         return sorted(k for k in keys if k not in known)
 
     def seed(self, group: Group, keys: Collection[str], pieces: Mapping[float, Mapping[str, float]],
-             now: float) -> None:
-        """Start the windows of `keys` from the pieces' answers (ends-ago → VM → peak)."""
+             now: float, hourly: Mapping[str, Iterable[tuple[float, float]]] | None = None) -> None:
+        """Start the windows of `keys` from the pieces' answers (ends-ago → VM → peak), and their
+        hourly peaks from `hourly` (VM → (end of the hour, peak), oldest first) when the policy
+        reads its time of day."""
         windows = self.groups.setdefault((group.spec, group.view), {})
         span, oldest_first = group.spec.down_window_s, sorted(pieces, reverse=True)
         for key in keys:
             window = _Window(WindowExtreme(span, largest=True, granularity=span / WINDOW_ENTRIES), None)
+            if group.spec.daily is not None:
+                window.daily = DailyPeaks(group.spec.daily)
+                for end, hour_peak in (hourly or {}).get(key, ()):
+                    window.daily.push(end - 1, max(0, int(hour_peak)))  # the hour that ends at `end`
             for ago in oldest_first:
                 value = pieces[ago].get(key)
                 if value is not None:
@@ -193,11 +214,12 @@ class WindowCache:
 
     def update(self, group: Group, keys: Collection[str], latest: Mapping[str, float],
                now: float) -> dict[str, dict[str, float]]:
-        """Add each VM's newest sample; forget VMs no longer asked; the `peak` and `since` answers."""
+        """Add each VM's newest sample; forget VMs no longer asked; the `peak` and `since` answers
+        (and `recurring` and `soon` when the policy reads its time of day)."""
         windows = self.groups.setdefault((group.spec, group.view), {})
         for gone in set(windows) - set(keys):
             del windows[gone]
-        peak, since = {}, {}
+        peak, since, recurring, soon = {}, {}, {}, {}
         for key in keys:
             window = windows.get(key)
             if window is None:
@@ -205,12 +227,20 @@ class WindowCache:
             if key in latest:
                 window.peak.push(now, max(0, int(latest[key])))
                 window.first = now if window.first is None else window.first
+                if window.daily is not None:
+                    window.daily.push(now, max(0, int(latest[key])))
             value = window.peak.get(now)
             if value is not None:
                 peak[key] = float(value)
             if window.first is not None:
                 since[key] = window.first
-        return {"peak": peak, "since": since}
+            if window.daily is not None:
+                ahead, next_hour = window.daily.get(now)
+                if ahead is not None:
+                    recurring[key] = float(ahead)
+                if next_hour is not None:
+                    soon[key] = float(next_hour)
+        return {"peak": peak, "since": since, "recurring": recurring, "soon": soon}
 
 
 def vector(result: Iterable[Mapping[str, Any]], view: MetricsView) -> dict[str, float]:
@@ -244,8 +274,10 @@ def assemble(answers: Mapping[str, Mapping[str, float]], group: Group, keys: Col
         peak = answers["peak"].get(key) if "peak" in answers else latest
         since = answers.get("since", {}).get(key)
         enough = since is not None and now - since >= needed - resolution_s if "since" in answers else True
+        recurring, soon = answers.get("recurring", {}).get(key), answers.get("soon", {}).get(key)
         out[key] = DemandSignal(None if low is None else max(0, int(low)), None if peak is None else max(0, int(peak)),
-                                enough, pressure)
+                                enough, pressure, None if recurring is None else int(recurring),
+                                None if soon is None else int(soon))
     return out
 
 
@@ -330,9 +362,29 @@ class PrometheusSource:
         missing = self.windows.missing(group, keys)
         if missing:
             names = {k.split("/", 1)[1] for k in missing}
-            self.windows.seed(group, missing, self._ask(seed_queries(group, names, res), group.view, now), now)
+            hourly = self._hourly(group, names, now) if group.spec.daily is not None else None
+            self.windows.seed(group, missing, self._ask(seed_queries(group, names, res), group.view, now), now,
+                              hourly)
         answers.update(self.windows.update(group, keys, answers["latest"], now))
         return assemble(answers, group, keys, now, res)
+
+    def _hourly(self, group: Group, names: Collection[str], now: float) -> dict[str, list[tuple[float, float]]]:
+        """Each VM's hourly peaks over the days its time of day is read from (one range query)."""
+        assert group.spec.daily is not None
+        start, end = hourly_range(now, group.spec.daily.days)
+        try:
+            rows = self.client.custom_query_range(hourly_query(group, names, self.settings.resolution_s),
+                                                  start_time=_utc(start), end_time=_utc(end), step="3600s")
+        except Exception as exc:  # requests' and the client's own errors alike
+            raise PrometheusError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self.queries_sent += 1
+        out: dict[str, list[tuple[float, float]]] = {}
+        for item in rows:
+            key = _key(item, group.view)
+            if key is not None:
+                out[key] = [(float(t), float(v)) for t, v in item.get("values", []) if math.isfinite(float(v))]
+        return out
 
     def ping(self) -> str | None:
         """None when Prometheus answers a query; otherwise why not, in words."""
