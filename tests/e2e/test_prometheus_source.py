@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +133,45 @@ def test_the_time_of_day_query_is_answered(prometheus: Prometheus, guest_metrics
     assert failed == {}
     assert signals["daily/vm"].latest == 2 * GIB
     assert (signals["daily/vm"].recurring, signals["daily/vm"].soon) == (None, None)
+
+
+def test_a_restarted_operator_reads_the_time_of_day_from_past_days(tmp_path: Path,
+                                                                     guest_metrics: GuestMetrics) -> None:
+    """No learning is lost on a restart: three days of two guests at 1Gi, written into Prometheus'
+    storage as blocks, are the pattern a fresh source reads at its first pass. `late` reached 6Gi
+    in the last of the coming six hours of the day, on two of the days; `early` in the hour before
+    this one. Each by one hour: an hourly peak read an hour off would count the wrong one. Samples
+    a minute apart, half-way between the subquery's steps, as a scrape every minute leaves them."""
+    now = time.time()
+    hour = int(now // 3600)
+    peaks = {"late": {hour + 5 - 24, hour + 5 - 72}, "early": {hour - 1 - 24, hour - 1 - 72}}
+    times = range((hour - 72) * 3600 + 30, int(now) - 3600, 60)
+    lines = []
+    for metric in ("kubevirt_vmi_memory_available_bytes", "kubevirt_vmi_memory_usable_bytes"):
+        lines.append(f"# TYPE {metric} gauge")
+        for name, at in peaks.items():
+            labels = f'{{name="{name}",namespace="pastdays",node="node-1"}}'
+            if metric.endswith("available_bytes"):
+                lines += [f"{metric}{labels} {8 * GIB} {t}" for t in times]
+            else:  # usable = available - demand
+                lines += [f"{metric}{labels} {8 * GIB - (6 * GIB if t // 3600 in at else GIB)} {t}" for t in times]
+    history = tmp_path / "history.om"
+    history.write_text("\n".join(lines) + "\n# EOF\n")
+    subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(history), str(tmp_path / "tsdb")],
+                   check=True, capture_output=True)
+    for name in peaks:  # the guests now, scraped live
+        guest_metrics.set("pastdays", name, available=8 * GIB, demand=GIB)
+    prom = Prometheus(tmp_path, [f"127.0.0.1:{guest_metrics.port}"])
+    try:
+        prom.wait_for('count(kubevirt_vmi_memory_available_bytes{namespace="pastdays", job="kubevirt"}) == 2')
+        g = Group(SignalSpec(0, 30, 1.0, 5, DailyPattern(days=3, agree=2, ahead_h=6, lead_s=900)),
+                  MetricsView(stale_s=5), frozenset({"pastdays"}))
+        signals, failed = source(prom).signals({g: {"pastdays/late", "pastdays/early"}}, time.time())
+        assert failed == {}
+        late, early = signals["pastdays/late"], signals["pastdays/early"]
+        assert late.latest == early.latest == GIB
+        assert late.recurring == 6 * GIB   # within the coming six hours, on 2 of 3 days
+        assert early.recurring == GIB      # an hour before: past
+        assert late.soon == early.soon == GIB
+    finally:
+        prom.stop()

@@ -79,7 +79,7 @@ DAILY = Group(SignalSpec(down_window_s=8 * 3600, daily=DailyPattern(days=3, agre
 
 def test_the_hourly_peaks_of_the_past_days_are_one_range_query() -> None:
     assert hourly_query(DAILY, {"a"}, 60).startswith("max_over_time(max by (namespace, name) (")
-    assert hourly_query(DAILY, {"a"}, 60).endswith("[3600s:60s])")
+    assert hourly_query(DAILY, {"a"}, 60).endswith("[3599s:60s])")
     # at 10:20 on day 3: the points are the ends of the 72 whole hours before 10:00
     now = 3 * 86400 + 10 * 3600 + 1200
     start, end = hourly_range(now, 3)

@@ -150,9 +150,11 @@ def seed_queries(group: Group, names: Collection[str] = (),
 
 def hourly_query(group: Group, names: Collection[str] = (), resolution_s: float = RESOLUTION_S) -> str:
     """Each VM's peak demand of the hour ending at each point: the range query, stepped by the hour
-    over the past days, that a time-of-day pattern is read from when the operator starts."""
+    over the past days, that a time-of-day pattern is read from when the operator starts. The
+    subquery spans 3599 s, not 3600: Prometheus 2 includes a subquery's first step, and the step
+    at the very start of the hour reads the previous hour's last sample."""
     demand = _demand(group, names if len(names) <= SEED_NAMES_MAX else ())
-    return f"max_over_time({demand}[3600s:{_dur(resolution_s)}])"
+    return f"max_over_time({demand}[3599s:{_dur(resolution_s)}])"
 
 
 def hourly_range(now: float, days: int) -> tuple[float, float]:
