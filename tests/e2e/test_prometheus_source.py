@@ -137,14 +137,16 @@ def test_the_time_of_day_query_is_answered(prometheus: Prometheus, guest_metrics
 
 def test_a_restarted_operator_reads_the_time_of_day_from_past_days(tmp_path: Path,
                                                                      guest_metrics: GuestMetrics) -> None:
-    """No learning is lost on a restart: three days of two guests at 1Gi, written into Prometheus'
-    storage as blocks, are the pattern a fresh source reads at its first pass. `late` reached 6Gi
-    in the last of the coming six hours of the day, on two of the days; `early` in the hour before
-    this one. Each by one hour: an hourly peak read an hour off would count the wrong one. Samples
-    a minute apart, half-way between the subquery's steps, as a scrape every minute leaves them."""
+    """No learning is lost on a restart: three days of guests at 1Gi, written into Prometheus'
+    storage as blocks, are the pattern a fresh source reads at its first pass. On two of the days,
+    `first` reached 6Gi in this hour of the day (the first of the coming six), `last` in the sixth,
+    `before` in the hour before this one: an hourly peak read an hour off, or leaking into the next
+    hour, would count the wrong one. Samples a minute apart, half-way between the subquery's steps,
+    as a scrape every minute leaves them."""
     now = time.time()
     hour = int(now // 3600)
-    peaks = {"late": {hour + 5 - 24, hour + 5 - 72}, "early": {hour - 1 - 24, hour - 1 - 72}}
+    peaks = {"first": {hour - 24, hour - 48}, "last": {hour + 5 - 24, hour + 5 - 72},
+             "before": {hour - 1 - 24, hour - 1 - 48}}
     times = range((hour - 72) * 3600 + 30, int(now) - 3600, 60)
     lines = []
     for metric in ("kubevirt_vmi_memory_available_bytes", "kubevirt_vmi_memory_usable_bytes"):
@@ -163,15 +165,19 @@ def test_a_restarted_operator_reads_the_time_of_day_from_past_days(tmp_path: Pat
         guest_metrics.set("pastdays", name, available=8 * GIB, demand=GIB)
     prom = Prometheus(tmp_path, [f"127.0.0.1:{guest_metrics.port}"])
     try:
-        prom.wait_for('count(kubevirt_vmi_memory_available_bytes{namespace="pastdays", job="kubevirt"}) == 2')
+        prom.wait_for('count(kubevirt_vmi_memory_available_bytes{namespace="pastdays", job="kubevirt"}) == 3')
         g = Group(SignalSpec(0, 30, 1.0, 5, DailyPattern(days=3, agree=2, ahead_h=6, lead_s=900)),
                   MetricsView(stale_s=5), frozenset({"pastdays"}))
-        signals, failed = source(prom).signals({g: {"pastdays/late", "pastdays/early"}}, time.time())
+        minutely = PrometheusSource(PrometheusSettings(prom.url, resolution_s=60))  # the operator's default
+        signals, failed = minutely.signals({g: {f"pastdays/{name}" for name in peaks}}, time.time())
         assert failed == {}
-        late, early = signals["pastdays/late"], signals["pastdays/early"]
-        assert late.latest == early.latest == GIB
-        assert late.recurring == 6 * GIB   # within the coming six hours, on 2 of 3 days
-        assert early.recurring == GIB      # an hour before: past
-        assert late.soon == early.soon == GIB
+        assert {name: signals[f"pastdays/{name}"].latest for name in peaks} == dict.fromkeys(peaks, GIB)
+        # within the coming six hours on 2 of 3 days, or an hour before them
+        assert {name: signals[f"pastdays/{name}"].recurring for name in peaks} == {
+            "first": 6 * GIB, "last": 6 * GIB, "before": GIB}
+        # the hour holding 15 minutes from now: this one, or the next, quiet on every day but first's
+        soon = signals["pastdays/first"].soon
+        assert soon == (6 * GIB if int((now + 900) // 3600) == hour else GIB)
+        assert signals["pastdays/last"].soon == signals["pastdays/before"].soon == GIB
     finally:
         prom.stop()

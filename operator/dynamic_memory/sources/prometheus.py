@@ -152,7 +152,10 @@ def hourly_query(group: Group, names: Collection[str] = (), resolution_s: float 
     """Each VM's peak demand of the hour ending at each point: the range query, stepped by the hour
     over the past days, that a time-of-day pattern is read from when the operator starts. The
     subquery spans 3599 s, not 3600: Prometheus 2 includes a subquery's first step, and the step
-    at the very start of the hour reads the previous hour's last sample."""
+    at the very start of the hour reads the previous hour's last sample (seen on 2.42: with 3600 s
+    every peak was read into the next hour too). Scrapes further apart than the step can still lend
+    an hour's first steps the previous hour's last sample (the lookback): an hour may read higher,
+    never lower."""
     demand = _demand(group, names if len(names) <= SEED_NAMES_MAX else ())
     return f"max_over_time({demand}[3599s:{_dur(resolution_s)}])"
 
