@@ -89,14 +89,16 @@ class DailyPeaks:
     VM for 3 days, where a dict of ints took 9.7 KiB (tracemalloc, 1,000 VMs).
     """
 
-    __slots__ = ("pattern", "peaks", "recurring", "recurring_hour", "soon", "soon_hour", "stamps")
+    __slots__ = ("days", "hour", "pattern", "peaks", "recurring", "soon", "soon_hour", "stamps")
 
     def __init__(self, pattern: DailyPattern) -> None:
         self.pattern = pattern
         ring = 24 * (pattern.days + 1)  # every hour a question reaches, the one now included
         self.stamps = array("i", [-1]) * ring
         self.peaks = array("q", [0]) * ring
-        self.recurring_hour = self.soon_hour = -1
+        self.hour = self.soon_hour = -1
+        self.days: list[list[int]] = []
+        """Per past day, its peak of each hour from now's hour of the day on (the hour's questions)."""
         self.recurring: int | None = None
         self.soon: int | None = None
 
@@ -108,24 +110,25 @@ class DailyPeaks:
         elif value > self.peaks[slot]:
             self.peaks[slot] = value
 
-    def _peak(self, first: int, count: int) -> int:
-        stamps, peaks, ring = self.stamps, self.peaks, len(self.stamps)
-        return max([peaks[h % ring] if stamps[h % ring] == h else 0 for h in range(first, first + count)])
-
-    def _agreed(self, first: int, count: int) -> int | None:
-        """The agree-th highest, over the past days, of their peak in `count` hours from `first`."""
-        p = self.pattern
-        per_day = sorted([self._peak(first - 24 * day, count) for day in range(1, p.days + 1)], reverse=True)
-        return per_day[p.agree - 1] or None
+    def _agreed(self, per_day: list[int]) -> int | None:
+        """The agree-th highest of the days' values: reached on at least `agree` of them."""
+        return sorted(per_day, reverse=True)[self.pattern.agree - 1] or None
 
     def get(self, now: float) -> tuple[int | None, int | None]:
         """(recurring, soon) at `now`."""
         hour = int(now // 3600)
-        if hour != self.recurring_hour:
-            self.recurring_hour, self.recurring = hour, self._agreed(hour, self.pattern.ahead_h)
-        soon_hour = int((now + self.pattern.lead_s) // 3600)
+        p = self.pattern
+        if hour != self.hour:  # once an hour: each past day's peaks of the hours the questions ask
+            stamps, peaks, ring = self.stamps, self.peaks, len(self.stamps)
+            span = max(p.ahead_h, 2)  # soon's hour is this one or the next
+            self.days = [[peaks[h % ring] if stamps[h % ring] == h else 0
+                          for h in range(hour - 24 * day, hour - 24 * day + span)] for day in range(1, p.days + 1)]
+            self.hour, self.soon_hour = hour, -1
+            self.recurring = self._agreed([max(row[:p.ahead_h]) for row in self.days])
+        soon_hour = int((now + p.lead_s) // 3600)
         if soon_hour != self.soon_hour:
-            self.soon_hour, self.soon = soon_hour, self._agreed(soon_hour, 1)
+            self.soon_hour = soon_hour
+            self.soon = self._agreed([row[soon_hour - hour] for row in self.days])
         return self.recurring, self.soon
 
 

@@ -35,9 +35,10 @@ class DailyPattern:
     """A peak counts when the guest reached it on at least this many of them (the agree-th highest
     of the days' peaks), so that one unusual day is not taken for a pattern."""
     ahead_h: int = 6
-    """`recurring` covers the hour now and this many hours in all (at most 24)."""
+    """`recurring` covers the hour now and this many hours in all (1 to 24)."""
     lead_s: float = 900.0
-    """`soon` is the clock hour holding now + lead_s: a VM grows this long before a peak's hour."""
+    """`soon` is the clock hour holding now + lead_s: a VM grows this long before a peak's hour
+    (at most an hour)."""
 
 
 @dataclass(frozen=True, slots=True)
