@@ -14,6 +14,7 @@ from typing import Any
 
 from benchmarks.common import RESULTS, TRACES, say
 from dynamic_memory.model import PolicyParams
+from dynamic_memory.quantity import GIB, MIB
 from dynamic_memory.sim.optimum import FrontierPoint, VMOptimum, budgets, fleet_optimum, frontier
 from dynamic_memory.sim.replay import SLOT_S, replay, replay_oracle
 from dynamic_memory.sim.report import policies
@@ -23,6 +24,8 @@ TRACE = TRACES / "bitbrains-rnd-2013-07.csv.gz"
 BUFFERS = (5, 10, 20, 50, 100)
 """Our bufferPercent settings on the curve (20 is the default)."""
 QUICK_VMS = 50
+TIME_OF_DAY = {"timeOfDay, minimumBuffer 512Mi": 512 * MIB, "timeOfDay, minimumBuffer 1Gi": GIB}
+"""Our engine with its time-of-day option, at two minimum buffers (see the README)."""
 
 _traces: list[VMTrace] = []
 
@@ -37,9 +40,14 @@ def _one(job: tuple[str, int]) -> dict[str, Any]:
         return replay_oracle(_traces).as_dict()
     if name == "optimum":
         return {"policy": "optimum", "vms": fleet_optimum(_traces, BUDGET_MAX)}
-    policy = {p.name: p for p in policies(SLOT_S)}[name]
     params = replace(PolicyParams(startup=0, minimum=0, maximum=2**62), buffer_percent=buffer)
-    return {**replay(_traces, policy, params).as_dict(), "buffer_percent": buffer}
+    label = None
+    if name in TIME_OF_DAY:  # our engine, with the option on
+        params = replace(params, time_of_day=True, minimum_buffer=TIME_OF_DAY[name])
+        label, name = name, "dynamic-memory"
+    policy = {p.name: p for p in policies(SLOT_S)}[name]
+    result = replay(_traces, policy, params).as_dict()
+    return {**result, "policy": label or result["policy"], "buffer_percent": buffer}
 
 
 def plot(points: dict[str, dict[str, Any]], curve: list[dict[str, Any]], front: list[FrontierPoint],
@@ -67,7 +75,8 @@ def plot(points: dict[str, dict[str, Any]], curve: list[dict[str, Any]], front: 
     for name, p in points.items():
         if name in ("dynamic-memory", "oracle"):
             continue
-        (mark,) = ax.plot(p["pressure_fraction"], p["memory_ratio"], "s", markersize=7, label=name, zorder=3)
+        (mark,) = ax.plot(p["pressure_fraction"], p["memory_ratio"], "D" if name in TIME_OF_DAY else "s",
+                          markersize=7, label=name, zorder=3)
         colors[name] = mark.get_color()
     _frontier(bx, points, curve, front, colors)
     ax.set_xscale("symlog", linthresh=1e-4)
@@ -101,8 +110,8 @@ def _frontier(bx: Any, points: dict[str, dict[str, Any]], curve: list[dict[str, 
     for name, color in colors.items():
         p = points[name]
         if p["own_resizes_per_vm_day"] > 0:  # a policy that never resizes has no place on a log scale
-            bx.plot(p["own_resizes_per_vm_day"], p["memory_ratio"], "s", markersize=7, color=color, label=name,
-                    zorder=3)
+            bx.plot(p["own_resizes_per_vm_day"], p["memory_ratio"], "D" if name in TIME_OF_DAY else "s",
+                    markersize=7, color=color, label=name, zorder=3)
     bx.text(0.02, 0.02, "the optimum never lets usage exceed what is assigned; a policy near or below it\n"
             "pays in pressure (left panel). static (no resizes, ratio 1) is off this log scale.",
             transform=bx.transAxes, fontsize=8, va="bottom")
@@ -130,7 +139,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         say(f"replay: the whole month through the default policy, alone: {month_s:.1f} s (reading the trace "
             f"{load_s:.1f} s, the replay {ours['seconds']:.1f} s; target < 60 s)")
     jobs = [("optimum", 0)] + [(p.name, 20) for p in policies(SLOT_S)] + [("oracle", 0)]
-    jobs += [("dynamic-memory", b) for b in BUFFERS if b != 20]
+    jobs += [("dynamic-memory", b) for b in BUFFERS if b != 20] + [(name, 20) for name in TIME_OF_DAY]
     with multiprocessing.get_context("fork").Pool(2) as pool:
         results = pool.map(_one, [j for j in jobs if j != ("dynamic-memory", 20)], chunksize=1)
     results.insert(jobs.index(("dynamic-memory", 20)), ours)
@@ -157,7 +166,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     say(f"replay: the offline optimum at our own {own:.3f} resizes/VM-day: memory_ratio "
         f"{at_ours.memory_ratio:.4f} (it used {at_ours.own_resizes_per_vm_day:.3f}); ours is {over:.2f}× that")
     for name, p in points.items():
-        say(f"replay: {name:>15}: memory_ratio {p['memory_ratio']:.4f}, pressure_fraction "
+        say(f"replay: {name:>30}: memory_ratio {p['memory_ratio']:.4f}, pressure_fraction "
             f"{p['pressure_fraction']:.5f}, resizes/VM-day {p['resizes_per_vm_day']:.3f}")
     for c in curve:
         say(f"replay: dynamic-memory bufferPercent {c['buffer_percent']:>3}: {c['memory_ratio']:.4f} / "
