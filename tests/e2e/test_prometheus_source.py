@@ -125,14 +125,15 @@ def test_prometheus_down_is_an_error_not_low_demand() -> None:
 def test_the_time_of_day_query_is_answered(prometheus: Prometheus, guest_metrics: GuestMetrics) -> None:
     """The hourly range query a time-of-day pattern is seeded from is one Prometheus takes; a guest
     with no past days has no pattern (its demand alone sizes it)."""
-    guest_metrics.set("daily", "vm", available=8 * GIB, demand=2 * GIB)
-    prometheus.wait_for('kubevirt_vmi_memory_available_bytes{namespace="daily"}')
+    # a namespace of its own, waited for by name: another tier's guests may share a namespace
+    guest_metrics.set("daily-query", "vm", available=8 * GIB, demand=2 * GIB)
+    prometheus.wait_for('kubevirt_vmi_memory_available_bytes{namespace="daily-query", name="vm"}')
     src = source(prometheus)
-    g = Group(SignalSpec(0, 30, 1.0, 5, DailyPattern()), MetricsView(stale_s=5), frozenset({"daily"}))
-    signals, failed = src.signals({g: {"daily/vm"}}, time.time())
+    g = Group(SignalSpec(0, 30, 1.0, 5, DailyPattern()), MetricsView(stale_s=5), frozenset({"daily-query"}))
+    signals, failed = src.signals({g: {"daily-query/vm"}}, time.time())
     assert failed == {}
-    assert signals["daily/vm"].latest == 2 * GIB
-    assert (signals["daily/vm"].recurring, signals["daily/vm"].soon) == (None, None)
+    assert signals["daily-query/vm"].latest == 2 * GIB
+    assert (signals["daily-query/vm"].recurring, signals["daily-query/vm"].soon) == (None, None)
 
 
 def test_a_restarted_operator_reads_the_time_of_day_from_past_days(tmp_path: Path,

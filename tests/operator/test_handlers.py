@@ -159,17 +159,17 @@ async def test_a_time_of_day_policy_reads_its_past_days_and_still_follows_demand
         cluster: kmock.KubernetesEmulator, operator_env: None, guest_metrics: GuestMetrics,
         prometheus: Prometheus) -> None:
     # no past days in this Prometheus: the hourly peaks read at start are empty, demand sizes the VM
-    guest_metrics.set("daily", "db", available=2 * GIB, demand=2 * GIB - 50 * 2**20, major_faults_per_s=500)
-    prometheus.wait_for('kubevirt_vmi_memory_available_bytes{namespace="daily"}')
-    cluster.objects[DMP, "daily", "dmp"] = policy("daily", timeOfDay=True, minimumBuffer="512Mi")
-    running_vm(cluster, "daily", "db")
+    guest_metrics.set("time-of-day", "db", available=2 * GIB, demand=2 * GIB - 50 * 2**20, major_faults_per_s=500)
+    prometheus.wait_for('kubevirt_vmi_memory_available_bytes{namespace="time-of-day", name="db"}')
+    cluster.objects[DMP, "time-of-day", "dmp"] = policy("time-of-day", timeOfDay=True, minimumBuffer="512Mi")
+    running_vm(cluster, "time-of-day", "db")
     with runner() as run:
-        await wait_for(lambda: guest_of(cluster, "daily", "db") > 2 * GIB)
+        await wait_for(lambda: guest_of(cluster, "time-of-day", "db") > 2 * GIB)
     # demand (2Gi - 50Mi) + at least 512Mi of buffer
-    assert guest_of(cluster, "daily", "db") >= 2 * GIB - 50 * 2**20 + 512 * 2**20
-    assert "buffer (at least 512Mi)" in cluster.objects[VMS, "daily", "db"]["metadata"]["annotations"][
+    assert guest_of(cluster, "time-of-day", "db") >= 2 * GIB - 50 * 2**20 + 512 * 2**20
+    assert "buffer (at least 512Mi)" in cluster.objects[VMS, "time-of-day", "db"]["metadata"]["annotations"][
         "dynamicmemory.io/reason"]
-    conditions = cluster.objects[DMP, "daily", "dmp"]["status"]["conditions"]
+    conditions = cluster.objects[DMP, "time-of-day", "dmp"]["status"]["conditions"]
     assert {c["type"]: c["status"] for c in conditions}["Ready"] == "True"
     assert run.exception is None
 
