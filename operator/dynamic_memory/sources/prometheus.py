@@ -230,10 +230,11 @@ class WindowCache:
             if window is None:
                 continue
             if key in latest:
-                window.peak.push(now, max(0, int(latest[key])))
+                demand = max(0, int(latest[key]))
+                window.peak.push(now, demand)
                 window.first = now if window.first is None else window.first
                 if window.daily is not None:
-                    window.daily.push(now, max(0, int(latest[key])))
+                    window.daily.push(now, demand)
             value = window.peak.get(now)
             if value is not None:
                 peak[key] = float(value)
