@@ -10,6 +10,7 @@ from dynamic_memory.model import (
     Blocker,
     Cluster,
     DemandSignal,
+    Limit,
     NodeState,
     Placement,
     PolicyParams,
@@ -128,3 +129,18 @@ def test_heavier_weights_are_planned_first(world: tuple[list[Entry], Cluster], n
     together = {d.key: d for d in plan(entries, cluster, now)}
     alone = {d.key: d for d in plan(heavy, cluster, now)}
     assert all(together[k] == alone[k] for k in alone)
+
+
+@given(clusters(), st.floats(0, 2 * 10**6))
+@settings(max_examples=300)
+def test_a_change_waits_for_a_migration_slot_only_when_every_slot_is_taken(world: tuple[list[Entry], Cluster],
+                                                                            now: float) -> None:
+    """A change held for KubeVirt's migration limits, whose own node still lets a migration leave,
+    means the plan used every cluster-wide slot."""
+    entries, cluster = world
+    decisions = plan(entries, cluster, now)
+    changes = [d for d in decisions if d.changes]
+    leaving = {name: node.outbound + sum(d.node == name for d in changes) for name, node in cluster.nodes.items()}
+    waiting = [d for d in decisions if d.limited is Limit.MIGRATIONS and leaving[d.node] < cluster.outbound_per_node]
+    if waiting:
+        assert len(changes) == cluster.migrations_left
