@@ -116,13 +116,19 @@ def _changes(entries: Sequence[Entry], decisions: Sequence[Decision]) -> list[Ch
             if d.target != d.current and d.limited is not _BLOCKED]
 
 
-def _hold(d: Decision, limit: Limit, why: Why) -> Decision:
+def _held(d: Decision, limit: Limit, notes: tuple[Why, ...]) -> Decision:
     return from_fields(Decision, (d.key, d.node, d.current, d.current, _HOLD, d.why, d.demand, d.wanted, limit,
-                                  (*d.notes, why), d.landing))
+                                  notes, d.landing))
+
+
+def _hold(d: Decision, limit: Limit, why: Why) -> Decision:
+    return _held(d, limit, (*d.notes, why))
 
 
 _NO_SLOT = Why("MigrationsBusy", "KubeVirt's parallel migrations (parallelMigrationsPerCluster) are in use: "
                                  "the change waits for the next pass")
+_NO_SLOT_NOTES = (_NO_SLOT,)
+"""Shared by the many changes of a large pass that wait for a slot and have no other note."""
 
 
 def land(entries: Sequence[Entry], decisions: Sequence[Decision], cluster: Cluster | None) -> list[Decision]:
@@ -201,8 +207,9 @@ def land(entries: Sequence[Entry], decisions: Sequence[Decision], cluster: Clust
         place(i, acts)
     for *_, i, acts in changes:  # in the order of `decisions`, as they lie in memory
         if not placed[i]:
-            if acts:
-                out[i] = _hold(decisions[i], _MIGRATIONS, _NO_SLOT)  # the wanted size stays on the decision
+            if acts:  # the wanted size stays on the decision
+                d = decisions[i]
+                out[i] = _held(d, _MIGRATIONS, (*d.notes, _NO_SLOT) if d.notes else _NO_SLOT_NOTES)
             else:
                 place(i, acts)
     return out
