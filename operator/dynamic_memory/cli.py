@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from dynamic_memory.sim.traces import VMTrace
 
 POLICY_NAMES = ("dynamic-memory", "static", "hyperv", "proxmox", "vpa")
+PER_VM_SETTING = "per-vm-setting"  # sim.per_vm_setting.NAME, imported only when replayed
+"""Replay only: each VM's setting chosen daily from its past (sim/per_vm_setting.py, a prototype)."""
 BUFFER_RANGE = (5, 2000)
 
 
@@ -221,6 +223,7 @@ def cmd_optimum(traces: list[VMTrace], part: str, budget: float | None, as_json:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Replay a trace file through one policy or all of them."""
+    from dynamic_memory.sim.per_vm_setting import replay_per_vm_setting
     from dynamic_memory.sim.replay import SLOT_S, replay, replay_oracle
     from dynamic_memory.sim.report import table
 
@@ -239,7 +242,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         source = f"default policy, buffer {params.buffer_percent}%"
     names = POLICY_NAMES if args.policy == "all" else (args.policy,)
     progress = sys.stderr.isatty() and not args.json
-    results = [replay(traces, _named_policy(n, SLOT_S), params, progress=progress).as_dict() for n in names]
+    if args.policy == PER_VM_SETTING:
+        results = [replay_per_vm_setting(traces, params, progress=progress).as_dict()]
+    else:
+        results = [replay(traces, _named_policy(n, SLOT_S), params, progress=progress).as_dict() for n in names]
     if args.policy == "all":
         results.append(replay_oracle(traces).as_dict())
     if args.json:
@@ -256,6 +262,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(f"{part}{first['vms']} VMs, {first['vm_days']:.0f} VM-days, {first['samples']} samples "
           f"({first['missing_samples']} missing); {source}, minimum buffer {format_bytes(params.minimum_buffer)}"
           f"{', sized for the time of day' if params.time_of_day else ''}")
+    if args.policy == PER_VM_SETTING:
+        print(f"{PER_VM_SETTING}: each VM's minimum buffer and scale-down window chosen each day from six, by their "
+              "cost over its past 14 days (the policy's own until it has 3); seconds: all seven replays")
     print(table(results, columns))
     return 0
 
@@ -408,8 +417,10 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("replay", help="replay a trace file (shared format) and score the policy")
     r.add_argument("trace", help="trace file: columns vm, timestamp_s, memory_provisioned_kib, memory_usage_kib")
-    r.add_argument("--policy", choices=[*POLICY_NAMES, "all", "optimum"], default="dynamic-memory",
-                   help="optimum: the least memory any policy could assign knowing the future (a reference line)")
+    r.add_argument("--policy", choices=[*POLICY_NAMES, "all", "optimum", PER_VM_SETTING], default="dynamic-memory",
+                   help="optimum: the least memory any policy could assign knowing the future (a reference line); "
+                        f"{PER_VM_SETTING}: the engine with each VM's minimum buffer and scale-down window chosen "
+                        "daily from six, by their cost on its past 14 days (a prototype: seven replays)")
     r.add_argument("--budget", type=BUDGET, metavar="R",
                    help="with --policy optimum: own resizes per VM-day it may make (default: a frontier of budgets)")
     knobs = r.add_mutually_exclusive_group()

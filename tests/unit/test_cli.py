@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from dynamic_memory.sim.per_vm_setting import NAME
 from tests.unit.test_replay import write_trace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +44,13 @@ def test_replay_all_policies_prints_a_table(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     for name in ("dynamic-memory", "static", "hyperv", "proxmox", "vpa", "oracle"):
         assert f"| {name}" in out.stdout
+
+
+def test_replay_of_the_per_vm_setting_prototype_prints_its_row(tmp_path: Path) -> None:
+    trace = write_trace(tmp_path / "t.csv", [(1, t * 300, 8, 1 + t % 4) for t in range(300)])
+    out = run("replay", str(trace), "--policy", NAME)  # the command line spells it without importing it
+    assert out.returncode == 0, out.stderr
+    assert f"| {NAME} " in out.stdout
 
 
 def test_replay_of_some_days_starts_every_vm_over(tmp_path: Path) -> None:

@@ -21,9 +21,11 @@ from __future__ import annotations
 import gc
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
+import numpy as np
+import numpy.typing as npt
 from tqdm import tqdm
 
 from dynamic_memory.history import DemandHistory
@@ -33,6 +35,7 @@ from dynamic_memory.quantity import GIB
 from dynamic_memory.sim.traces import VMTrace
 
 SLOT_S = 300
+DAY_S = 86400
 """Trace sampling interval: VMs are stepped together in slots of this length."""
 STALE_S = 900.0
 """A demand sample older than this is stale (three missed scrapes of the 5-minute trace)."""
@@ -132,13 +135,22 @@ def _rounds(traces: Sequence[VMTrace]) -> list[list[tuple[int, int]]]:
     return [slots[k] for k in sorted(slots)]
 
 
-def replay(traces: Sequence[VMTrace], policy: Policy, params: PolicyParams, *,
-           progress: bool = False) -> ReplayResult:
-    """Run `policy` over every VM of the trace, stepping all VMs together in time."""
+SettingOf = Callable[[int, int], PolicyParams]
+"""The knobs of VM `j` (its index in the traces) on day `k` of the replay (from the first sample)."""
+
+
+def replay(traces: Sequence[VMTrace], policy: Policy, params: PolicyParams, *, progress: bool = False,
+           setting_of: SettingOf | None = None, day_costs: npt.NDArray[np.float64] | None = None) -> ReplayResult:
+    """Run `policy` over every VM of the trace, stepping all VMs together in time.
+
+    `setting_of`: each VM's knobs by day, instead of `params` for all (their bounds are the
+    trace's all the same). `day_costs`: filled, per VM and day, with GiB × samples assigned,
+    short samples and own resizes (shape: VMs × days × 3), for choosing settings by their cost."""
     started = time.perf_counter()
     params = replay_params(params)
-    spec = policy.signal_spec(params)
-    history = [DemandHistory(spec, STALE_S) for _ in traces]
+    history = [DemandHistory(policy.signal_spec(params), STALE_S) for _ in traces]
+    own_history: list[dict[float, DemandHistory]] = [{} for _ in traces]
+    t0 = min(t.ts[0] for t in traces)
     assigned = [tr.provisioned[0] for tr in traces]
     last_grow: list[float | None] = [None] * len(traces)
     resizes: list[deque[tuple[int, Action]]] = [deque() for _ in traces]
@@ -159,7 +171,15 @@ def replay(traces: Sequence[VMTrace], policy: Policy, params: PolicyParams, *,
             grows = sum(1 for _, a in log if a is _GROW) if log else 0  # most VMs: none this hour
             vm = VMState(keys[j], NODE, assigned[j], GIB if prov > GIB else prov, prov, 0, last_grow[j],
                          grows, len(log) - grows)
-            entries.append(Entry(vm, history[j].signal(t), params))
+            if setting_of is None:
+                entries.append(Entry(vm, history[j].signal(t), params))
+            else:  # each window its own history, every one fed every sample (a VM may switch to any)
+                p = replay_params(setting_of(j, int((t - t0) // DAY_S)))
+                window = p.scale_down.window_s
+                kept = own_history[j]
+                if window not in kept:
+                    kept[window] = _replayed_history(policy, p, traces[j], i)
+                entries.append(Entry(vm, kept[window].signal(t), p))
         decisions = policy.plan(entries, None, now)  # single VMs: no cluster limits
         for (j, i), d in zip(members, decisions, strict=True):
             tr = traces[j]
@@ -170,13 +190,34 @@ def replay(traces: Sequence[VMTrace], policy: Policy, params: PolicyParams, *,
             forced = d.limited is Limit.BOUNDS or after != d.target
             score.count(before, after, prov, usage, forced, d.why.code)
             assigned[j] = after
-            if after != before and not forced:  # the trace moving its bounds is not our decision
+            own = after != before and not forced  # the trace moving its bounds is not our decision
+            if own:
                 if after > before:
                     last_grow[j] = t
                 resizes[j].append((t, _GROW if after > before else Action.SHRINK))
+            if day_costs is not None:
+                day_costs[j, int((t - t0) // DAY_S)] += (after / GIB, 0 < usage <= prov and usage > after, own)
             if usage > 0:
                 history[j].push(t, usage)
+                for h in own_history[j].values():
+                    h.push(t, usage)
     return score.result(policy.name, traces, time.perf_counter() - started)
+
+
+def _replayed_history(policy: Policy, params: PolicyParams, trace: VMTrace, upto: int) -> DemandHistory:
+    """A history for these knobs holding the trace's samples before sample `upto`: what it would
+    hold had it been kept from the start (a VM switching to a new window keeps its past)."""
+    history = DemandHistory(policy.signal_spec(params), STALE_S)
+    for t, usage in zip(trace.ts[:upto], trace.usage[:upto], strict=True):
+        if usage > 0:
+            history.push(t, usage)
+    return history
+
+
+def replay_days(traces: Sequence[VMTrace]) -> int:
+    """Days of the replay (from its first sample): the second axis of `day_costs`."""
+    t0 = min(t.ts[0] for t in traces)
+    return int((max(t.ts[-1] for t in traces) - t0) // DAY_S) + 1
 
 
 def replay_oracle(traces: Sequence[VMTrace]) -> ReplayResult:
