@@ -75,5 +75,5 @@ def test_a_window_a_vm_switches_to_holds_its_past_samples(tmp_path: Path) -> Non
         if rows[t][3]:
             kept.push(rows[t][1], rows[t][3] << 30)
     now = rows[30][1]
-    assert _replayed_history(engine, small, trace, 30).signal(now) == kept.signal(now)
+    assert _replayed_history(engine.signal_spec(small), trace, 30).signal(now) == kept.signal(now)
     assert kept.signal(now).peak == 5 << 30

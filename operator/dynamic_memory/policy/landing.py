@@ -211,5 +211,5 @@ def land(entries: Sequence[Entry], decisions: Sequence[Decision], cluster: Clust
                 d = decisions[i]
                 out[i] = _held(d, _MIGRATIONS, (*d.notes, _NO_SLOT) if d.notes else _NO_SLOT_NOTES)
             else:
-                place(i, acts)
+                place(i, False)
     return out

@@ -30,13 +30,14 @@ from tqdm import tqdm
 
 from dynamic_memory.history import DemandHistory
 from dynamic_memory.model import Action, Limit, PolicyParams, VMState
-from dynamic_memory.policy.engine import Entry, Policy
+from dynamic_memory.policy.engine import Entry, Policy, SignalSpec
 from dynamic_memory.quantity import GIB
 from dynamic_memory.sim.traces import VMTrace
 
 SLOT_S = 300
-DAY_S = 86400
 """Trace sampling interval: VMs are stepped together in slots of this length."""
+DAY_S = 86400
+"""A replay's days count from its first sample (`setting_of`, `day_costs`)."""
 STALE_S = 900.0
 """A demand sample older than this is stale (three missed scrapes of the 5-minute trace)."""
 NODE = "replay"
@@ -84,7 +85,8 @@ class _Score:
         self.changes = self.forced = 0
         self.by_reason: dict[str, int] = {}
 
-    def count(self, before: int, after: int, prov: int, usage: int, forced: bool, code: str = "") -> None:
+    def count(self, before: int, after: int, prov: int, usage: int, forced: bool, code: str = "") -> bool:
+        """Score one sample; True when it is counted short (pressure)."""
         self.samples += 1
         self.assigned += after
         self.provisioned += prov
@@ -97,13 +99,16 @@ class _Score:
             self.by_reason[code] = self.by_reason.get(code, 0) + 1
         if usage <= 0:
             self.missing += 1
-            return
+            return False
+        short = False
         if usage <= prov:
             self.nonmissing += 1
-            self.pressured += usage > after
+            short = usage > after
+            self.pressured += short
         if usage <= after:
             self.served += after
             self.unused += after - usage
+        return short
 
     def result(self, name: str, traces: Sequence[VMTrace], seconds: float) -> ReplayResult:
         vm_days = sum(t.days for t in traces) or 1.0
@@ -123,7 +128,7 @@ class _Score:
 
 def _rounds(traces: Sequence[VMTrace]) -> list[list[tuple[int, int]]]:
     """(vm index, sample index) grouped into rounds: one slot of time, at most one sample per VM."""
-    t0 = min(t.ts[0] for t in traces)
+    t0 = _first_sample(traces)
     slots: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for j, tr in enumerate(traces):
         prev_slot, depth = -1, 0
@@ -148,9 +153,10 @@ def replay(traces: Sequence[VMTrace], policy: Policy, params: PolicyParams, *, p
     short samples and own resizes (shape: VMs × days × 3), for choosing settings by their cost."""
     started = time.perf_counter()
     params = replay_params(params)
-    history = [DemandHistory(policy.signal_spec(params), STALE_S) for _ in traces]
-    own_history: list[dict[float, DemandHistory]] = [{} for _ in traces]
-    t0 = min(t.ts[0] for t in traces)
+    history = [DemandHistory(policy.signal_spec(params), STALE_S) for _ in traces] if setting_of is None else []
+    # with `setting_of`: each VM's histories, one per statistics its settings ask, each fed every sample
+    by_spec: list[dict[SignalSpec, DemandHistory]] = [{} for _ in traces] if setting_of is not None else []
+    t0 = _first_sample(traces)
     assigned = [tr.provisioned[0] for tr in traces]
     last_grow: list[float | None] = [None] * len(traces)
     resizes: list[deque[tuple[int, Action]]] = [deque() for _ in traces]
@@ -173,13 +179,13 @@ def replay(traces: Sequence[VMTrace], policy: Policy, params: PolicyParams, *, p
                          grows, len(log) - grows)
             if setting_of is None:
                 entries.append(Entry(vm, history[j].signal(t), params))
-            else:  # each window its own history, every one fed every sample (a VM may switch to any)
+            else:
                 p = replay_params(setting_of(j, int((t - t0) // DAY_S)))
-                window = p.scale_down.window_s
-                kept = own_history[j]
-                if window not in kept:
-                    kept[window] = _replayed_history(policy, p, traces[j], i)
-                entries.append(Entry(vm, kept[window].signal(t), p))
+                spec = policy.signal_spec(p)
+                kept = by_spec[j]
+                if spec not in kept:
+                    kept[spec] = _replayed_history(spec, traces[j], i)
+                entries.append(Entry(vm, kept[spec].signal(t), p))
         decisions = policy.plan(entries, None, now)  # single VMs: no cluster limits
         for (j, i), d in zip(members, decisions, strict=True):
             tr = traces[j]
@@ -188,7 +194,7 @@ def replay(traces: Sequence[VMTrace], policy: Policy, params: PolicyParams, *, p
             lo = GIB if prov > GIB else prov
             after = prov if d.target >= prov else lo if d.target <= lo else d.target
             forced = d.limited is Limit.BOUNDS or after != d.target
-            score.count(before, after, prov, usage, forced, d.why.code)
+            short = score.count(before, after, prov, usage, forced, d.why.code)
             assigned[j] = after
             own = after != before and not forced  # the trace moving its bounds is not our decision
             if own:
@@ -196,28 +202,33 @@ def replay(traces: Sequence[VMTrace], policy: Policy, params: PolicyParams, *, p
                     last_grow[j] = t
                 resizes[j].append((t, _GROW if after > before else Action.SHRINK))
             if day_costs is not None:
-                day_costs[j, int((t - t0) // DAY_S)] += (after / GIB, 0 < usage <= prov and usage > after, own)
+                day_costs[j, int((t - t0) // DAY_S)] += (after / GIB, short, own)
             if usage > 0:
-                history[j].push(t, usage)
-                for h in own_history[j].values():
-                    h.push(t, usage)
+                if setting_of is None:
+                    history[j].push(t, usage)
+                else:
+                    for h in by_spec[j].values():
+                        h.push(t, usage)
     return score.result(policy.name, traces, time.perf_counter() - started)
 
 
-def _replayed_history(policy: Policy, params: PolicyParams, trace: VMTrace, upto: int) -> DemandHistory:
-    """A history for these knobs holding the trace's samples before sample `upto`: what it would
-    hold had it been kept from the start (a VM switching to a new window keeps its past)."""
-    history = DemandHistory(policy.signal_spec(params), STALE_S)
+def _replayed_history(spec: SignalSpec, trace: VMTrace, upto: int) -> DemandHistory:
+    """A history of these statistics holding the trace's samples before sample `upto`: what it
+    would hold had it been kept from the start (a VM switching to a new window keeps its past)."""
+    history = DemandHistory(spec, STALE_S)
     for t, usage in zip(trace.ts[:upto], trace.usage[:upto], strict=True):
         if usage > 0:
             history.push(t, usage)
     return history
 
 
+def _first_sample(traces: Sequence[VMTrace]) -> int:
+    return min(t.ts[0] for t in traces)
+
+
 def replay_days(traces: Sequence[VMTrace]) -> int:
     """Days of the replay (from its first sample): the second axis of `day_costs`."""
-    t0 = min(t.ts[0] for t in traces)
-    return int((max(t.ts[-1] for t in traces) - t0) // DAY_S) + 1
+    return int((max(t.ts[-1] for t in traces) - _first_sample(traces)) // DAY_S) + 1
 
 
 def replay_oracle(traces: Sequence[VMTrace]) -> ReplayResult:
