@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 POLICY_NAMES = ("dynamic-memory", "static", "hyperv", "proxmox", "vpa")
 PER_VM_SETTING = "per-vm-setting"  # sim.per_vm_setting.NAME, imported only when replayed
-"""Replay only: each VM's setting chosen daily from its past (sim/per_vm_setting.py, a prototype)."""
+"""Replay only, for now: each VM's setting learned daily from its past days (policy/learner.py)."""
 BUFFER_RANGE = (5, 2000)
 
 
@@ -263,8 +263,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
           f"({first['missing_samples']} missing); {source}, minimum buffer {format_bytes(params.minimum_buffer)}"
           f"{', sized for the time of day' if params.time_of_day else ''}")
     if args.policy == PER_VM_SETTING:
-        print(f"{PER_VM_SETTING}: each VM's minimum buffer and scale-down window chosen each day from six, by their "
-              "cost over its past 14 days (the policy's own until it has 3); seconds: all seven replays")
+        print(f"{PER_VM_SETTING}: each VM's minimum buffer and scale-down window chosen each day from six, by what "
+              "each would have cost on its past 14 days (the policy's own until it has 3); seconds: those days "
+              "worked out, then the replay")
     print(table(results, columns))
     return 0
 
@@ -420,7 +421,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--policy", choices=[*POLICY_NAMES, "all", "optimum", PER_VM_SETTING], default="dynamic-memory",
                    help="optimum: the least memory any policy could assign knowing the future (a reference line); "
                         f"{PER_VM_SETTING}: the engine with each VM's minimum buffer and scale-down window chosen "
-                        "daily from six, by their cost on its past 14 days (a prototype: seven replays)")
+                        "daily from six, by what each would have cost on its past 14 days (not in the operator yet)")
     r.add_argument("--budget", type=BUDGET, metavar="R",
                    help="with --policy optimum: own resizes per VM-day it may make (default: a frontier of budgets)")
     knobs = r.add_mutually_exclusive_group()

@@ -24,20 +24,17 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
-import numpy as np
-import numpy.typing as npt
 from tqdm import tqdm
 
 from dynamic_memory.history import DemandHistory
 from dynamic_memory.model import Action, Limit, PolicyParams, VMState
 from dynamic_memory.policy.engine import Entry, Policy, SignalSpec
+from dynamic_memory.policy.learner import DAY_S
 from dynamic_memory.quantity import GIB
 from dynamic_memory.sim.traces import VMTrace
 
 SLOT_S = 300
 """Trace sampling interval: VMs are stepped together in slots of this length."""
-DAY_S = 86400
-"""A replay's days count from its first sample (`setting_of`, `day_costs`)."""
 STALE_S = 900.0
 """A demand sample older than this is stale (three missed scrapes of the 5-minute trace)."""
 NODE = "replay"
@@ -85,8 +82,8 @@ class _Score:
         self.changes = self.forced = 0
         self.by_reason: dict[str, int] = {}
 
-    def count(self, before: int, after: int, prov: int, usage: int, forced: bool, code: str = "") -> bool:
-        """Score one sample; True when it is counted short (pressure)."""
+    def count(self, before: int, after: int, prov: int, usage: int, forced: bool, code: str = "") -> None:
+        """Score one sample."""
         self.samples += 1
         self.assigned += after
         self.provisioned += prov
@@ -99,16 +96,13 @@ class _Score:
             self.by_reason[code] = self.by_reason.get(code, 0) + 1
         if usage <= 0:
             self.missing += 1
-            return False
-        short = False
+            return
         if usage <= prov:
             self.nonmissing += 1
-            short = usage > after
-            self.pressured += short
+            self.pressured += usage > after
         if usage <= after:
             self.served += after
             self.unused += after - usage
-        return short
 
     def result(self, name: str, traces: Sequence[VMTrace], seconds: float) -> ReplayResult:
         vm_days = sum(t.days for t in traces) or 1.0
@@ -141,16 +135,16 @@ def _rounds(traces: Sequence[VMTrace]) -> list[list[tuple[int, int]]]:
 
 
 SettingOf = Callable[[int, int], PolicyParams]
-"""The knobs of VM `j` (its index in the traces) on day `k` of the replay (from the first sample)."""
+"""The knobs of VM `j` (its index in the traces) on day `k` of the replay (DAY_S long, counted from
+the replay's first sample)."""
 
 
 def replay(traces: Sequence[VMTrace], policy: Policy, params: PolicyParams, *, progress: bool = False,
-           setting_of: SettingOf | None = None, day_costs: npt.NDArray[np.float64] | None = None) -> ReplayResult:
+           setting_of: SettingOf | None = None) -> ReplayResult:
     """Run `policy` over every VM of the trace, stepping all VMs together in time.
 
     `setting_of`: each VM's knobs by day, instead of `params` for all (their bounds are the
-    trace's all the same). `day_costs`: filled, per VM and day, with GiB × samples assigned,
-    short samples and own resizes (shape: VMs × days × 3), for choosing settings by their cost."""
+    trace's all the same)."""
     started = time.perf_counter()
     params = replay_params(params)
     history = [DemandHistory(policy.signal_spec(params), STALE_S) for _ in traces] if setting_of is None else []
@@ -194,15 +188,13 @@ def replay(traces: Sequence[VMTrace], policy: Policy, params: PolicyParams, *, p
             lo = GIB if prov > GIB else prov
             after = prov if d.target >= prov else lo if d.target <= lo else d.target
             forced = d.limited is Limit.BOUNDS or after != d.target
-            short = score.count(before, after, prov, usage, forced, d.why.code)
+            score.count(before, after, prov, usage, forced, d.why.code)
             assigned[j] = after
             own = after != before and not forced  # the trace moving its bounds is not our decision
             if own:
                 if after > before:
                     last_grow[j] = t
                 resizes[j].append((t, _GROW if after > before else Action.SHRINK))
-            if day_costs is not None:
-                day_costs[j, int((t - t0) // DAY_S)] += (after / GIB, short, own)
             if usage > 0:
                 if setting_of is None:
                     history[j].push(t, usage)

@@ -1,0 +1,180 @@
+"""Each VM's knobs learned from its own past days (issue 13). Pure.
+
+One rule for every VM sizes a guest that sits flat all month and one that spikes every night alike.
+Here every VM is still sized by the same engine, but with the knobs that served it best: each of a
+few candidate settings (minimum buffer × scale-down window) is replayed over each past day of the
+VM as if it had been in charge that day (`day_cost`), and each day the VM takes the candidate that
+cost least over its last `Choice.days` days (`choose`).
+
+A candidate's day needs only that day's samples and one window before them, and it starts from
+the size the candidate itself would have held then, not from what the VM really held: so the
+operator can work each day out once from Prometheus and keep the costs, and a restart loses
+nothing. The replay (sim/per_vm_setting.py) scores its days with the same `day_cost`.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import numpy.typing as npt
+
+from dynamic_memory.history import DemandHistory
+from dynamic_memory.model import Limit, PolicyParams, VMState
+from dynamic_memory.policy.engine import DynamicMemory
+from dynamic_memory.policy.target import decide, fit, with_buffer
+from dynamic_memory.quantity import GIB, MIB, format_bytes
+
+HOUR_S = 3600.0
+DAY_S = 86400
+"""A learner's day: the operator's are UTC days (`utc_day`), the replay's count from its first sample."""
+CANDIDATES: tuple[tuple[int, float], ...] = (
+    (128 * MIB, 2 * HOUR_S), (128 * MIB, 24 * HOUR_S), (GIB, 2 * HOUR_S), (GIB, 8 * HOUR_S),
+    (2 * GIB, 4 * HOUR_S), (4 * GIB, 4 * HOUR_S))
+"""(minimumBuffer, scaleDown.window): the six that a 30-setting grid used most on the shared month."""
+LOOKBACK_S = max(window for _, window in CANDIDATES)
+"""How far before a day its samples are read: the longest candidate window, so every candidate
+starts the day with its window full."""
+_ENGINE = DynamicMemory()
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """How a VM's setting is chosen from its candidates' costs."""
+
+    short_gib_samples: float = 800.0
+    """λ: one short sample costs as much as this many GiB × samples held."""
+    resize_gib_samples: float = 100.0
+    """μ: one own resize (a live migration) costs as much as this many GiB × samples."""
+    days: int = 14
+    """Past days compared."""
+    warm: int = 3
+    """Days with samples a VM needs before it leaves the policy's own setting."""
+
+
+@dataclass(frozen=True, slots=True)
+class DaySamples:
+    """One VM's samples for one day and the window before it, oldest first; bytes and Unix seconds.
+
+    `first` is the index of the day's first sample: those before it only fill the windows. A missing
+    sample is left out (or, as in a trace, has usage 0). `floor` and `ceiling` bound the size at
+    each sample (the replay's provisioned size moves; the operator's live bounds do not)."""
+
+    ts: Sequence[float]
+    usage: Sequence[int]
+    floor: Sequence[int]
+    ceiling: Sequence[int]
+    first: int
+
+
+def utc_day(t: float) -> int:
+    """The UTC day holding `t`, as days since 1970-01-01."""
+    return int(t // DAY_S)
+
+
+def day_of(ts: Sequence[float], usage: Sequence[int], floor: Sequence[int], ceiling: Sequence[int],
+           start: float) -> DaySamples | None:
+    """The day from `start` (DAY_S long) of one VM's samples, with the window before it; None when
+    the VM has no sample in it. The sequences run side by side, oldest first."""
+    first, end = bisect_left(ts, start), bisect_left(ts, start + DAY_S)
+    if first == end:
+        return None
+    lo = bisect_left(ts, start - LOOKBACK_S, 0, first)
+    return DaySamples(ts[lo:end], usage[lo:end], floor[lo:end], ceiling[lo:end], first - lo)
+
+
+def candidate_params(params: PolicyParams) -> list[PolicyParams]:
+    """The policy's knobs with each candidate's minimum buffer and scale-down window."""
+    return [replace(params, minimum_buffer=buffer, scale_down=replace(params.scale_down, window_s=window))
+            for buffer, window in CANDIDATES]
+
+
+def day_cost(day: DaySamples, params: PolicyParams, stale_s: float) -> tuple[float, int, int]:
+    """(GiB × samples held, short samples, own resizes) of the engine under `params` over the day,
+    scored as the replay scores (sim/replay.py): started steady, at what the candidate sizes the VM
+    at from the window before the day (the ceiling with no sample there)."""
+    ts, usage, floor, ceiling = day.ts, day.usage, day.floor, day.ceiling
+    history = DemandHistory(_ENGINE.signal_spec(params), stale_s)
+    for i in range(day.first):
+        if usage[i] > 0:
+            history.push(ts[i], usage[i])
+    if day.first >= len(ts):
+        return 0.0, 0, 0
+    start = history.signal(ts[day.first])
+    base = start.peak if start.peak is not None else start.latest
+    lo, hi = floor[day.first], ceiling[day.first]
+    size = hi if base is None else fit(with_buffer(base, params), lo, hi, params.alignment)
+    held, short, own = 0.0, 0, 0
+    last_grow: float | None = None
+    resizes: list[tuple[float, bool]] = []  # (when, grew) of the last hour's own resizes
+    for i in range(day.first, len(ts)):
+        t, used, lo, hi = ts[i], usage[i], floor[i], ceiling[i]
+        if resizes and resizes[0][0] <= t - HOUR_S:
+            resizes = [r for r in resizes if r[0] > t - HOUR_S]
+        grows = sum(grew for _, grew in resizes)
+        vm = VMState("shadow", "", size, lo, hi, 0, last_grow, grows, len(resizes) - grows)
+        d = decide(vm, history.signal(t), params, t)
+        after = hi if d.target >= hi else lo if d.target <= lo else d.target
+        if after != size and after == d.target and d.limited is not Limit.BOUNDS:  # not forced by the bounds
+            own += 1
+            resizes.append((t, after > size))
+            last_grow = t if after > size else last_grow
+        size = after
+        held += after / GIB
+        if used > 0:  # usage above the ceiling is short of any size the bounds allow: not counted
+            short += after < used <= hi
+            history.push(t, used)
+    return held, short, own
+
+
+def own_index(params: PolicyParams, candidates: Sequence[PolicyParams]) -> int:
+    """The candidate that is the policy's own setting, or -1 when none is."""
+    return next((k for k, c in enumerate(candidates) if c == params), -1)
+
+
+def setting_words(params: PolicyParams) -> str:
+    """A candidate in the policy's words."""
+    return (f"minimumBuffer {format_bytes(params.minimum_buffer)}, scaleDown.stabilizationWindow "
+            f"{params.scale_down.window_s / HOUR_S:g}h")
+
+
+def cost(costs: npt.NDArray[np.float64], choice: Choice) -> npt.NDArray[np.float64]:
+    """One figure per [GiB × samples, short samples, own resizes] on the last axis: what `choice` weighs."""
+    return costs[..., 0] + choice.short_gib_samples * costs[..., 1] + choice.resize_gib_samples * costs[..., 2]
+
+
+def choose(costs: npt.NDArray[np.float64], own: int, choice: Choice) -> int:
+    """The candidate for today from the past days' costs (candidates × days × 3, oldest first; only
+    the last `choice.days` count): the cheapest, or `own` (an index, or -1 for the policy's own
+    setting) while fewer than `choice.warm` of those days had samples."""
+    recent = costs[:, -choice.days:]
+    if int(np.count_nonzero(recent[0, :, 0] > 0)) < choice.warm:  # a day with samples holds some memory
+        return own
+    return int(np.argmin(cost(recent, choice).sum(axis=1)))
+
+
+def kept_days(kept: Mapping[int, Sequence[Sequence[float]]], today: int, choice: Choice) -> npt.NDArray[np.float64]:
+    """The costs `choose` reads for `today` (candidates × days × 3) from the days kept of one VM (day
+    → each candidate's costs); a day not kept counts as one without samples."""
+    out = np.zeros((len(CANDIDATES), choice.days, 3))
+    for i, day in enumerate(range(today - choice.days, today)):
+        if day in kept:
+            out[:, i] = kept[day]
+    return out
+
+
+def days_to_learn(kept: Mapping[int, object], today: int, choice: Choice) -> list[int]:
+    """The past days `choose` reads for `today` that are not kept yet, oldest first."""
+    return [day for day in range(today - choice.days, today) if day not in kept]
+
+
+def picks(costs: npt.NDArray[np.float64], own: int, choice: Choice) -> npt.NDArray[np.int64]:
+    """Each VM's candidate for each day (VMs × days) from the costs of every day (candidates × VMs
+    × days × 3): day k's by `choose` over the days before it."""
+    out = np.empty(costs.shape[1:3], dtype=np.int64)
+    for vm in range(costs.shape[1]):
+        for k in range(costs.shape[2]):
+            out[vm, k] = choose(costs[:, vm, :k], own, choice)
+    return out

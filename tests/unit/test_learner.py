@@ -1,0 +1,109 @@
+"""The learner: a candidate's day worked out by hand, and the daily choice by hand."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dynamic_memory.model import PolicyParams
+from dynamic_memory.policy.engine import DynamicMemory
+from dynamic_memory.policy.learner import Choice, DaySamples, choose, day_cost, picks
+from dynamic_memory.sim.replay import replay
+from dynamic_memory.sim.traces import load_traces
+from tests.unit.test_replay import write_trace
+
+G = 1 << 30
+PARAMS = PolicyParams(0, 0, 2**62)  # buffer 20 %, at least 1 GiB; scale-down window 8 h
+DAY = 288  # samples a day, 5 minutes apart
+
+
+def samples(before: list[float], today: list[float], ceiling: float = 16) -> DaySamples:
+    """A day of usage (GiB) with the samples before it; floor 1 GiB."""
+    usage = [int(u * G) for u in before + today]
+    n = len(usage)
+    return DaySamples([300.0 * i for i in range(n)], usage, [G] * n, [int(ceiling * G)] * n, len(before))
+
+
+def test_a_flat_guest_holds_its_steady_size_all_day() -> None:
+    # 2 GiB all along: 2 + max(20 %, 1 GiB) = 3 GiB from the day's start, no resize, never short
+    assert day_cost(samples([2] * 96, [2] * DAY), PARAMS, 900) == (3 * DAY, 0, 0)
+
+
+def test_the_day_starts_at_what_the_candidate_sizes_the_window_before_at() -> None:
+    # the window before the day peaked at 5 GiB: 5 + 1 = 6 GiB held until the window passes it
+    # 8 h (96 samples) after the peak, then one shrink to 3 GiB
+    before = [5.0] + [2.0] * 95
+    held, short, own = day_cost(samples(before, [2] * DAY), PARAMS, 900)
+    assert (short, own) == (0, 1)
+    # the peak leaves the 8 h window at the day's first sample: 6 GiB at it, 3 GiB after
+    assert held == 6 + 3 * (DAY - 1)
+    small = replace(PARAMS, minimum_buffer=G // 8)  # 2 + 20 % = 2.4 GiB, aligned up to 2 MiB
+    held, short, own = day_cost(samples([2] * 96, [2] * DAY), small, 900)
+    assert (short, own) == (0, 0)
+    assert held == DAY * (2 * G + 2 * G // 5 + (2 << 20) - (2 * G // 5) % (2 << 20)) / G
+
+
+def test_a_spike_is_one_short_sample_a_grow_and_a_shrink_a_window_later() -> None:
+    # 2 GiB, one sample at 4 GiB at noon (sample 144): short at it, 3 GiB held (a decision sees
+    # earlier samples only); grown at the next to 4 GiB + 10 % (it ran short) + 1 GiB = 5530 MiB
+    # (2 MiB blocks); shrunk back to 3 GiB when the spike leaves the 8 h window, 96 samples on
+    today = [2.0] * DAY
+    today[144] = 4.0
+    held, short, own = day_cost(samples([2] * 96, today), PARAMS, 900)
+    assert (short, own) == (1, 2)
+    assert held == 3 * 145 + 5530 / 1024 * 96 + 3 * (DAY - 145 - 96)
+
+
+def test_no_sample_before_the_day_starts_it_at_the_ceiling() -> None:
+    held, _, own = day_cost(samples([], [2] * 12, ceiling=8), PARAMS, 900)
+    # no window yet: 8 GiB held, and no shrink while the metrics span less than minHistory (2 h)
+    assert (held, own) == (8 * 12, 0)
+
+
+def test_a_change_forced_by_the_bounds_is_not_its_own() -> None:
+    day = samples([2] * 96, [2] * DAY)
+    lower = [int(2.5 * G)] * (96 + 100) + [2 * G] * (DAY - 100)  # the ceiling falls below 3 GiB, then to 2
+    held, short, own = day_cost(replace(day, ceiling=lower), PARAMS, 900)
+    assert (short, own) == (0, 0)
+    assert held == 2.5 * 100 + 2 * (DAY - 100)
+
+
+def test_with_no_window_before_it_a_day_costs_what_the_replay_scores(tmp_path: Path) -> None:
+    """Started at its provisioned size with no past, a day is the replay of that day: the same
+    GiB × samples, short samples and own resizes, by the replay's own tallies."""
+    usage = [0 if t % 97 == 0 else 2 + t // 25 if t % 40 == 20 else 2 for t in range(DAY)]  # spikes rising
+    rows = [(1, t * 300, 16, u) for t, u in enumerate(usage)]
+    result = replay(load_traces(write_trace(tmp_path / "t.csv", rows)), DynamicMemory(), PARAMS)
+    ts = [300.0 * t for t in range(DAY)]
+    held, short, own = day_cost(DaySamples(ts, [u * G for u in usage], [G] * DAY, [16 * G] * DAY, 0), PARAMS, 900)
+    assert held == pytest.approx(result.memory_ratio * 16 * DAY, rel=1e-12)
+    assert short == round(result.pressure_fraction * (DAY - sum(u == 0 for u in usage)))
+    assert own == round(result.own_resizes_per_vm_day * result.vm_days)
+    assert own > 0 and short > 0
+
+
+def test_each_day_takes_the_candidate_cheapest_over_the_days_before() -> None:
+    # two candidates, one VM, five days; [GiB × samples, short samples, own resizes] per day
+    costs = np.zeros((2, 1, 5, 3))
+    costs[0, 0, :, 0] = [10, 10, 10, 10, 10]
+    costs[1, 0, :, 0] = [4, 4, 4, 4, 4]
+    costs[1, 0, 2, 1] = 1  # candidate 1 ran short once on day 2: 4 + 10 × 1 = 14 > 10
+    chosen = picks(costs, -1, Choice(short_gib_samples=10, resize_gib_samples=0, days=2, warm=2))
+    # day 0 and 1: fewer than two days seen; day 2: days 0-1 (1: 8 against 0: 20); day 3: days 1-2
+    # (1: 18 against 0: 20); day 4: days 2-3 (1: 18 against 0: 20)
+    assert chosen.tolist() == [[-1, -1, 1, 1, 1]]
+    costs[1, 0, 3, 2] = 1  # and resized on day 3: at μ 5, days 2-3 cost 1: 23 against 0: 20
+    chosen = picks(costs, -1, Choice(short_gib_samples=10, resize_gib_samples=5, days=2, warm=2))
+    assert chosen.tolist() == [[-1, -1, 1, 1, 0]]
+
+
+def test_days_without_samples_do_not_count_towards_warm() -> None:
+    costs = np.zeros((2, 4, 3))
+    costs[0, :, 0] = [10, 0, 0, 10]
+    costs[1, :, 0] = [4, 0, 0, 4]
+    assert choose(costs, 0, Choice(days=4, warm=3)) == 0  # two days with samples of three needed
+    assert choose(costs, 0, Choice(days=4, warm=2)) == 1
+    assert choose(costs, -1, Choice(days=1, warm=1)) == 1  # only the last day counts
