@@ -216,6 +216,13 @@ class PolicySpec(_Strict):
         "read from Prometheus when the operator starts): never shrink below the peak it reached in the "
         "coming 6 hours on 2 of those days, and grow 15 minutes before an hour that peaked above its size "
         "on 2 of them. Best with a minimumBuffer of 512Mi (see the README's replay)."))
+    learnPerVM: bool = Field(False, description=(
+        "Size each VM with the minimumBuffer and scaleDown.stabilizationWindow that would have cost it least "
+        "on its own past 14 days, of six candidates (cost: memory held, plus 800 GiB x samples for each "
+        "5-minute sample short of memory, plus 100 for each resize). The operator works out each VM's "
+        "past days from Prometheus, keeps them on the VM (annotation dynamicmemory.io/learned-costs) "
+        "and writes the setting in use (dynamicmemory.io/learned-setting); until a VM has 3 days, this "
+        "policy's own setting applies."))
     weight: int = Field(5000, ge=0, le=10000, description=(
         "Share of a short node's memory, relative to the other VMs there (Hyper-V's weight, 0-10000)."))
     interval: Duration = Field("30s", description=(

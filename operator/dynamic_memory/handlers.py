@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -24,15 +24,32 @@ import kopf
 
 from dynamic_memory import metrics
 from dynamic_memory.actuators.intents import Intent, Kind, intents
+from dynamic_memory.actuators.kubevirt import learned_patch
 from dynamic_memory.api import GROUP, PLURAL, VERSION, PolicySpec, validation_errors
 from dynamic_memory.config import OperatorConfig
 from dynamic_memory.errors import UserError
-from dynamic_memory.model import Limit, Mode, NodeState
+from dynamic_memory.learning import STEP_S, Lesson, learn, lessons, setting_note, window
+from dynamic_memory.model import Limit, Mode, NodeState, VMHistory
 from dynamic_memory.quantity import format_bytes, parse_duration
-from dynamic_memory.reconcile import Plan, PolicyPass, Snapshot, metrics_groups, plan_all, running_vms
+from dynamic_memory.reconcile import (
+    Plan,
+    PolicyPass,
+    Snapshot,
+    learned_params,
+    metrics_group,
+    metrics_groups,
+    plan_all,
+    running_vms,
+)
 from dynamic_memory.sources.cluster import PodInfo, migration_active, migration_limits, node_state, pod_info
 from dynamic_memory.sources.kubevirt import VM_FIELDS, VMI_FIELDS, project
-from dynamic_memory.sources.prometheus import Group, PrometheusError, PrometheusSettings, PrometheusSource
+from dynamic_memory.sources.prometheus import (
+    Group,
+    PrometheusError,
+    PrometheusSettings,
+    PrometheusSource,
+    vm_matchers,
+)
 from dynamic_memory.status import (
     BALLOON_ATTACHED,
     CAPACITY_LIMITED,
@@ -321,30 +338,70 @@ async def _global_pass(memo: kopf.Memo, logger: kopf.Logger,
     now = memo.state.time = time.time()
     started = time.perf_counter()
     snapshot = _snapshot(memo, indexes)
-    groups, of_policy = metrics_groups(snapshot.policies, running_vms(snapshot.policies, snapshot.vms,
-                                                                      snapshot.vmis))
+    running = running_vms(snapshot.policies, snapshot.vms, snapshot.vmis)
+    learned = learned_params(snapshot, running, now)
+    groups, of_policy = metrics_groups(snapshot.policies, running, learned)
     sent = memo.prometheus.queries_sent
     signals, failed = await asyncio.to_thread(memo.prometheus.signals, groups, now)
     metrics.PROM_QUERIES.inc(memo.prometheus.queries_sent - sent)
-    plan = plan_all(snapshot, signals, now)
+    plan = plan_all(snapshot, signals, now, learned)
     for intent in intents(plan, snapshot, now):
         await _send(memo, logger, intent)
     _report(memo.state, plan, time.perf_counter() - started)
-    return plan.passes, {key: _metrics_state(of_policy.get(key), groups, signals, failed)
+    await _learn(memo, logger, plan, snapshot, now)
+    return plan.passes, {key: _metrics_state(of_policy.get(key, []), running.get(key, []), signals, failed)
                          for key in snapshot.policies}
 
 
-def _metrics_state(group: Group | None, groups: Mapping[Group, list[str]], signals: Mapping[str, Any],
+async def _learn(memo: kopf.Memo, logger: kopf.Logger, plan: Plan, snapshot: Snapshot, now: float) -> None:
+    """Work out a few VM-days for the policies that learn (learning.py) and keep them on the VMs.
+    Prometheus not answering only delays it: the same days are asked again next pass."""
+    chosen, view_of = [], {}
+    for key, result in plan.passes.items():
+        spec = snapshot.policies[key]
+        if spec.learnPerVM:
+            params = spec.params()
+            view = metrics_group(params, spec)[1]
+            for entry in result.entries:
+                ns, name = entry.vm.key.split("/", 1)
+                chosen.append((spec, params, entry.vm, snapshot.vms[ns][name]))
+                view_of[entry.vm.key] = view
+    todo = lessons(chosen, now)
+    for view in {view_of[lesson.key] for lesson in todo}:
+        batch = [lesson for lesson in todo if view_of[lesson.key] == view]
+        start, end = window(batch)
+        matchers = vm_matchers([lesson.key for lesson in batch], view)
+        try:
+            found = await asyncio.to_thread(memo.prometheus.history, matchers, view, start, min(end, now), STEP_S)
+        except PrometheusError as exc:
+            metrics.ERRORS.labels("LearningQueryFailed").inc()
+            logger.warning(f"learning: Prometheus did not answer ({exc}); {len(batch)} VMs are learnt next pass")
+            continue
+
+        def work(batch: list[Lesson] = batch, found: Mapping[str, VMHistory] = found,
+                 stale_s: float = view.stale_s) -> list[Intent]:
+            out = []
+            for lesson in batch:
+                kept = learn(lesson, found[lesson.key].demand if lesson.key in found else (), stale_s)
+                out.append(Intent(Kind.LEARNED, lesson.vm, learned_patch(kept, setting_note(lesson.params, kept,
+                                                                                             lesson.today))))
+            return out
+
+        for intent in await asyncio.to_thread(work):
+            await _send(memo, logger, intent)
+
+
+def _metrics_state(groups: Sequence[Group], running: Sequence[str], signals: Mapping[str, Any],
                    failed: Mapping[Group, PrometheusError]) -> tuple[str, str]:
-    """A policy's MetricsAvailable: Queried when its group's queries were answered, and words."""
-    if group is None or group in failed:
-        error = failed.get(group) if group is not None else None
+    """A policy's MetricsAvailable: Queried when its groups' queries were answered, and words."""
+    failing = [group for group in groups if group in failed]
+    if not groups or failing:
+        error = failed[failing[0]] if failing else None
         reason = "PrometheusUnreachable" if error is None or error.unreachable else "QueryFailed"
         metrics.ERRORS.labels(reason).inc()
         return reason, f"{error}; holding every VM of this policy (unknown demand never shrinks)"
-    keys = groups.get(group, [])
-    fresh = sum(1 for k in keys if (s := signals.get(k)) is not None and s.latest is not None)
-    return "Queried", f"{fresh} of {len(keys)} running VMs have fresh guest metrics"
+    fresh = sum(1 for k in running if (s := signals.get(k)) is not None and s.latest is not None)
+    return "Queried", f"{fresh} of {len(running)} running VMs have fresh guest metrics"
 
 
 def _report(state: PassState, plan: Plan, seconds: float) -> None:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dynamic_memory.api import PolicySpec
-from dynamic_memory.model import Cluster, Decision, DemandSignal, NodeState
+from dynamic_memory.learning import learnt
+from dynamic_memory.model import Cluster, Decision, DemandSignal, NodeState, PolicyParams
 from dynamic_memory.policy.engine import DynamicMemory, Entry, SignalSpec
 from dynamic_memory.quantity import parse_duration
 from dynamic_memory.sources.cluster import PodInfo, cluster, launcher_pod
@@ -67,30 +68,59 @@ class PolicyPass:
     """VMs whose guest has not plugged all it was given (guestCurrent below guestRequested), in bytes."""
 
 
-def metrics_group(key: str, spec: PolicySpec) -> tuple[SignalSpec, MetricsView]:
-    """The signal and metric settings a policy's VMs are queried with."""
+def metrics_group(params: PolicyParams, spec: PolicySpec) -> tuple[SignalSpec, MetricsView]:
+    """The signal and metric settings VMs sized with `params` under this policy are queried with."""
     m = spec.metrics
     view = MetricsView(m.nameLabel, m.namespaceLabel, m.matchers, parse_duration(m.staleAfter))
-    return DynamicMemory().signal_spec(spec.params()), view
+    return DynamicMemory().signal_spec(params), view
 
 
-def metrics_groups(policies: Mapping[str, PolicySpec],
-                   running: Mapping[str, Sequence[str]]) -> tuple[dict[Group, list[str]], dict[str, Group]]:
+def metrics_groups(policies: Mapping[str, PolicySpec], running: Mapping[str, Sequence[str]],
+                   learned: Mapping[str, PolicyParams] | None = None) -> tuple[dict[Group, list[str]],
+                                                                             dict[str, list[Group]]]:
     """Prometheus query groups for all policies: one per distinct windows and metric settings, whatever the
-    number of policies or VMs (`running` maps policy key → its running VMs' keys); and each policy's group."""
+    number of policies or VMs (`running` maps policy key → its running VMs' keys; `learned`, VM key → the
+    setting it learnt, when its windows are its own); and each policy's groups."""
     found: dict[tuple[SignalSpec, MetricsView], tuple[set[str], list[str], list[str]]] = {}
     for key, spec in policies.items():
-        namespaces, vms, members = found.setdefault(metrics_group(key, spec), (set(), [], []))
+        params = spec.params()
+        namespaces, vms, members = found.setdefault(metrics_group(params, spec), (set(), [], []))
         namespaces.add(key.split("/", 1)[0])
-        vms.extend(running.get(key, ()))
         members.append(key)
+        for vm in running.get(key, ()):
+            own = (learned or {}).get(vm)
+            if own is None:
+                vms.append(vm)
+                continue
+            more = found.setdefault(metrics_group(own, spec), (set(), [], []))
+            more[0].add(key.split("/", 1)[0])
+            more[1].append(vm)
+            more[2].append(key)
     groups: dict[Group, list[str]] = {}
-    of_policy: dict[str, Group] = {}
+    of_policy: dict[str, list[Group]] = {}
     for (sig, view), (ns, vms, members) in found.items():
         group = Group(sig, view, frozenset(ns))
         groups[group] = vms
-        of_policy.update(dict.fromkeys(members, group))
+        for member in dict.fromkeys(members):
+            of_policy.setdefault(member, []).append(group)
     return groups, of_policy
+
+
+def learned_params(snapshot: Snapshot, running: Mapping[str, Sequence[str]], now: float) -> dict[str, PolicyParams]:
+    """Running VM key → the setting it learnt, for the VMs of policies with learnPerVM that have learnt
+    one (the others are sized with their policy's)."""
+    out = {}
+    for key, vms in running.items():
+        spec = snapshot.policies[key]
+        if not spec.learnPerVM:
+            continue
+        params = spec.params()
+        for vm_key in vms:
+            ns, name = vm_key.split("/", 1)
+            chosen = learnt(spec, params, snapshot.vms[ns][name], now)
+            if chosen is not None:
+                out[vm_key] = chosen
+    return out
 
 
 def selected(spec: PolicySpec, vms: Mapping[str, Obj]) -> list[str]:
@@ -138,9 +168,11 @@ class Plan:
     cluster: Cluster
 
 
-def plan_all(snapshot: Snapshot, signals: Mapping[str, DemandSignal], now: float) -> Plan:
+def plan_all(snapshot: Snapshot, signals: Mapping[str, DemandSignal], now: float,
+             learned: Mapping[str, PolicyParams] | None = None) -> Plan:
     """One pass over every policy's VMs together: a change takes room and a migration that another
-    policy's VM might need, and weights decide across policies."""
+    policy's VM might need, and weights decide across policies. `learned`: the VMs sized with a
+    setting of their own (learned_params)."""
     passes = {key: PolicyPass() for key in snapshot.policies}
     owner: dict[str, str] = {}
     ours: dict[str, Entry] = {}
@@ -182,7 +214,8 @@ def plan_all(snapshot: Snapshot, signals: Mapping[str, DemandSignal], now: float
                 result.unplug_gaps[vm_key] = state.unplug_gap
             if state.plug_gap:
                 result.plug_gaps[vm_key] = state.plug_gap
-            ours[vm_key] = Entry(state, signals.get(vm_key, DemandSignal(None, None, False)), params)
+            ours[vm_key] = Entry(state, signals.get(vm_key, DemandSignal(None, None, False)),
+                                 (learned or {}).get(vm_key, params))
     world = cluster(snapshot.nodes, snapshot.pods, migrating_vmis(snapshot), snapshot.limits, snapshot.own_cap,
                     snapshot.reserve)
     entries = list(ours.values())

@@ -7,8 +7,10 @@ proves wiring (what is read, what is patched, what is posted), the e2e tier prov
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +71,12 @@ def policy(ns: str, name: str = "dmp", **spec: Any) -> dict[str, Any]:
                      "interval": "5s", **spec}}
 
 
-def running_vm(cluster: kmock.KubernetesEmulator, ns: str, name: str, guest: str = "2Gi") -> None:
+def running_vm(cluster: kmock.KubernetesEmulator, ns: str, name: str, guest: str = "2Gi",
+               annotations: dict[str, str] | None = None) -> None:
     cluster.objects[VMS, ns, name] = {
         "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
         "metadata": {"name": name, "namespace": ns, "uid": f"vm-{name}", "labels": {"app": "db"},
-                     "resourceVersion": "1"},
+                     "resourceVersion": "1", "annotations": annotations or {}},
         "spec": {"running": True, "template": {"spec": {"domain": {"memory": {"guest": guest, "maxGuest": "16Gi"}}}}}}
     cluster.objects[VMIS, ns, name] = {
         "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
@@ -201,3 +204,39 @@ async def test_prometheus_down_holds_every_vm(cluster: kmock.KubernetesEmulator,
     cond = metrics_condition()
     assert cond is not None and (cond["status"], cond["reason"]) == ("False", "PrometheusUnreachable")
     assert guest_of(cluster, "down", "db") == 8 * GIB
+
+
+async def test_a_learning_policy_sizes_a_vm_with_what_it_learnt_and_keeps_its_days(
+        cluster: kmock.KubernetesEmulator, operator_env: None, guest_metrics: GuestMetrics,
+        prometheus: Prometheus) -> None:
+    # the VM comes with three past days learnt (as a restarted operator finds them): on each, the
+    # first candidate (minimumBuffer 128Mi, window 2h) cost 100 and the five others 500
+    today = int(time.time() // 86400)
+    kept = {day_iso(today - k): [[100.0, 0, 0]] + [[500.0, 0, 0]] * 5 for k in (1, 2, 3)}
+    guest_metrics.set("learn", "db", available=2 * GIB, demand=2 * GIB - 50 * 2**20, major_faults_per_s=500)
+    prometheus.wait_for('kubevirt_vmi_memory_available_bytes{namespace="learn", name="db"}')
+    cluster.objects[DMP, "learn", "dmp"] = policy("learn", learnPerVM=True)
+    running_vm(cluster, "learn", "db", annotations={"dynamicmemory.io/learned-costs": json.dumps(kept)})
+    with runner() as run:
+        await wait_for(lambda: guest_of(cluster, "learn", "db") > 2 * GIB)
+        await wait_for(lambda: "dynamicmemory.io/learned-setting" in cluster.objects[VMS, "learn", "db"]["metadata"][
+            "annotations"])
+    annotations = cluster.objects[VMS, "learn", "db"]["metadata"]["annotations"]
+    # demand (2Gi - 50Mi) + 20 %, above the learnt 128Mi (or 2Gi + 10 % + 20 % once it shows it pages):
+    # below the 2.95Gi that the policy's own buffer of at least 1Gi gives
+    assert 2 * GIB < guest_of(cluster, "learn", "db") < 2 * GIB - 50 * 2**20 + GIB
+    assert "buffer (at least 128Mi)" in annotations["dynamicmemory.io/reason"]
+    assert annotations["dynamicmemory.io/learned-setting"].startswith(
+        "minimumBuffer 128Mi, scaleDown.stabilizationWindow 2h: of 6 candidates, the one that would have cost "
+        "least on its past 3 days with metrics")
+    # the days it came with are kept as they were; the other eleven of the last fourteen were read from
+    # Prometheus, which holds no sample of them (it started minutes ago): each costs nothing
+    learnt = json.loads(annotations["dynamicmemory.io/learned-costs"])
+    assert {day: learnt[day] for day in kept} == kept
+    assert sorted(learnt) == [day_iso(today - k) for k in range(14, 0, -1)]
+    assert all(learnt[day] == [[0.0, 0, 0]] * 6 for day in learnt if day not in kept)
+    assert run.exception is None
+
+
+def day_iso(day: int) -> str:
+    return datetime.fromtimestamp(day * 86400, UTC).date().isoformat()

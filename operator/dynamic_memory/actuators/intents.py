@@ -26,6 +26,7 @@ class Kind(StrEnum):
     RECOMMEND = "Recommended"
     HOLD = "Held"
     BOOT_SIZE = "BootSized"
+    LEARNED = "Learned"
 
 
 @dataclass(frozen=True, slots=True)

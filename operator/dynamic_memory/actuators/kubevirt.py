@@ -9,7 +9,7 @@ The decision, its reason and time go into annotations on the VM, next to what th
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dynamic_memory.model import Action, Decision, PolicyParams
@@ -17,9 +17,11 @@ from dynamic_memory.quantity import format_bytes, to_quantity
 from dynamic_memory.sources.kubevirt import (
     ANNOTATION_PREFIX,
     LAST_GROW,
+    LEARNED,
     OUR_TARGET,
     RESIZES,
     _get,
+    day_name,
     format_time,
     resize_log,
 )
@@ -34,6 +36,9 @@ HELD = ANNOTATION_PREFIX + "held"
 last change's explanation)."""
 ORIGINAL_MEMORY = ANNOTATION_PREFIX + "original-memory"
 """The VM's memory block as the user wrote it, saved before we first change it (nothing is lost)."""
+
+LEARNED_SETTING = ANNOTATION_PREFIX + "learned-setting"
+"""The setting the VM is sized with today, learnt from its past days, in words."""
 
 REASON_LIMIT = 1024
 
@@ -103,3 +108,11 @@ def boot_patch(vm: Mapping[str, Any], params: PolicyParams) -> dict[str, Any] | 
         "metadata": {"resourceVersion": _get(vm, "metadata", "resourceVersion"), "annotations": _original(vm)},
         "spec": {"template": {"spec": {"domain": {"memory": want}}}},
     }
+
+
+def learned_patch(kept: Mapping[int, Sequence[Sequence[float]]], setting: str) -> dict[str, Any]:
+    """Merge patch that keeps the VM's learnt costs (day → each candidate's) and, in words, the
+    setting they choose for today. Our annotations only: no resourceVersion, nothing of the user's."""
+    costs = {day_name(day): [[round(c[0], 1), int(c[1]), int(c[2])] for c in kept[day]] for day in sorted(kept)}
+    return {"metadata": {"annotations": {LEARNED: json.dumps(costs, separators=(",", ":")),
+                                         LEARNED_SETTING: setting}}}

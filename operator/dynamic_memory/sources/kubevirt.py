@@ -10,8 +10,9 @@ Our own bookkeeping lives in annotations on the VM, so a restarted operator pick
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from dynamic_memory.model import KUBEVIRT_BLOCK, Action, Blocker, Placement, Requirement, Toleration, VMState
@@ -23,6 +24,9 @@ RESIZES = ANNOTATION_PREFIX + "recent-resizes"
 """Comma-separated `<unix seconds>:<Grow|Shrink>` of our resizes in the last hour."""
 OUR_TARGET = ANNOTATION_PREFIX + "target"
 """The guest size we last asked for."""
+LEARNED = ANNOTATION_PREFIX + "learned-costs"
+"""What each candidate setting would have cost the VM on each of its past UTC days (policy/learner.py),
+as JSON: {"2026-11-27": [[GiB × samples, short samples, own resizes], … one per candidate], …}."""
 
 Obj = Mapping[str, Any]
 
@@ -190,6 +194,35 @@ def recent_resizes(annotations: Mapping[str, str], now: float) -> tuple[int, int
     log = resize_log(annotations, now)
     grows = sum(a is Action.GROW for _, a in log)
     return grows, len(log) - grows
+
+
+_EPOCH = date(1970, 1, 1).toordinal()
+
+
+def learned_costs(annotations: Mapping[str, str], candidates: int) -> dict[int, list[list[float]]]:
+    """Day (days since 1970-01-01, UTC) → each candidate's costs, from the `learned-costs`
+    annotation. The one reader of it: a day that does not read as `candidates` triples of numbers
+    (edited, or written for another set of candidates) is left out, and learnt again."""
+    try:
+        raw = json.loads(annotations.get(LEARNED) or "{}")
+    except ValueError:
+        return {}
+    out: dict[int, list[list[float]]] = {}
+    for day, costs in raw.items() if isinstance(raw, dict) else ():
+        try:
+            number = date.fromisoformat(day).toordinal() - _EPOCH
+        except (TypeError, ValueError):
+            continue
+        if (isinstance(costs, list) and len(costs) == candidates
+                and all(isinstance(c, list) and len(c) == 3 and all(isinstance(x, int | float) and x >= 0 for x in c)
+                        for c in costs)):
+            out[number] = [[float(x) for x in c] for c in costs]
+    return out
+
+
+def day_name(day: int) -> str:
+    """A day since 1970-01-01 as its ISO date (the `learned-costs` keys)."""
+    return date.fromordinal(day + _EPOCH).isoformat()
 
 
 def parse_time(text: str | None) -> float | None:

@@ -67,6 +67,15 @@ def regex_literal(values: Iterable[str]) -> str:
     return "|".join(sorted(re.escape(v).replace("\\", "\\\\") for v in values))
 
 
+def vm_matchers(keys: Collection[str], view: MetricsView) -> list[str]:
+    """Label matchers for these VMs (namespace/name keys), and the policy's own matchers: a VM of the
+    same name in another of the namespaces may match too, and is left out by its key."""
+    namespaces = {key.split("/", 1)[0] for key in keys}
+    names = {key.split("/", 1)[1] for key in keys}
+    return ([f'{view.namespace_label}=~"{regex_literal(namespaces)}"', f'{view.name_label}=~"{regex_literal(names)}"']
+            + ([view.matchers] if view.matchers.strip() else []))
+
+
 def _selector(metric: str, group: Group, names: Collection[str] = ()) -> str:
     ns = regex_literal(group.namespaces)
     parts = [f'{group.view.namespace_label}=~"{ns}"'] + ([group.view.matchers] if group.view.matchers.strip() else [])
