@@ -128,9 +128,11 @@ def window(lessons_: Sequence[Lesson]) -> tuple[float, float]:
 
 
 def learn(lesson: Lesson, samples: Sequence[tuple[float, int]], stale_s: float) -> Kept:
-    """The VM's kept days with the lesson's worked out from its demand samples (oldest first; a
-    day with none costs nothing, and does not count towards the days a VM needs), and those older
-    than the choice reads dropped."""
+    """The VM's kept days with the lesson's worked out from its demand samples (oldest first, STEP_S
+    apart; a day with none costs nothing, and does not count towards the days a VM needs), and
+    those older than the choice reads dropped. `stale_s` is the policy's: a sample goes stale no
+    sooner than three steps on (a live pass reads samples seconds apart, these are minutes)."""
+    stale_s = max(stale_s, 3 * STEP_S)
     ts = [t for t, _ in samples]
     usage = [d for _, d in samples]
     floor, ceiling = [lesson.floor] * len(ts), [lesson.ceiling] * len(ts)

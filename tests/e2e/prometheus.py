@@ -51,7 +51,8 @@ class Prometheus:
             "scrape_configs": [{"job_name": "kubevirt", "static_configs": [{"targets": targets}]}],
         }))
         self.log_path = workdir / "prometheus.log"
-        self.argv = [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+        self.tsdb = workdir / "tsdb"
+        self.argv = [binary, f"--config.file={config}", f"--storage.tsdb.path={self.tsdb}",
                      f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle"]
         self.start()
 
@@ -90,6 +91,16 @@ class Prometheus:
                 return result
             time.sleep(0.2)
         raise TimeoutError(f"no data for {promql}")
+
+    def backfill(self, openmetrics: str) -> None:
+        """Add past samples (OpenMetrics text, timestamps in seconds) as blocks of their own with
+        promtool, as an administrator backfills, and restart to load them."""
+        source = self.tsdb.parent / "backfill.om"
+        source.write_text(openmetrics)
+        self.stop()
+        subprocess.run([shutil.which("promtool") or "promtool", "tsdb", "create-blocks-from", "openmetrics",
+                        str(source), str(self.tsdb)], check=True, capture_output=True)
+        self.start()
 
     def stop(self) -> None:
         """End the process."""

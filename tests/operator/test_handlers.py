@@ -240,3 +240,47 @@ async def test_a_learning_policy_sizes_a_vm_with_what_it_learnt_and_keeps_its_da
 
 def day_iso(day: int) -> str:
     return datetime.fromtimestamp(day * 86400, UTC).date().isoformat()
+
+
+async def test_a_learning_policy_learns_a_vms_past_days_from_prometheus(
+        cluster: kmock.KubernetesEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a Prometheus of its own, holding four past days of the VM: 8Gi available, 5Gi usable (3Gi of
+    # demand), a sample a minute, up to midnight UTC today
+    today = int(time.time() // 86400)
+    series = '{namespace="learn-past",name="db"}'
+    lines = ["# TYPE kubevirt_vmi_memory_available_bytes gauge"]
+    lines += [f"kubevirt_vmi_memory_available_bytes{series} {8 * GIB} {t}"
+              for t in range((today - 4) * 86400, today * 86400 + 1, 60)]
+    lines += ["# TYPE kubevirt_vmi_memory_usable_bytes gauge"]
+    lines += [f"kubevirt_vmi_memory_usable_bytes{series} {5 * GIB} {t}"
+              for t in range((today - 4) * 86400, today * 86400 + 1, 60)]
+    (tmp_path / "past").mkdir()
+    past = Prometheus(tmp_path / "past", [])
+    past.backfill("\n".join(lines) + "\n# EOF\n")
+    monkeypatch.setenv("DM_PROMETHEUS_URL", past.url)
+    cluster.objects[DMP, "learn-past", "dmp"] = policy("learn-past", learnPerVM=True)
+    running_vm(cluster, "learn-past", "db")
+    try:
+        with runner() as run:
+            await wait_for(lambda: "dynamicmemory.io/learned-costs" in cluster.objects[
+                VMS, "learn-past", "db"]["metadata"]["annotations"])
+    finally:
+        past.stop()
+    annotations = cluster.objects[VMS, "learn-past", "db"]["metadata"]["annotations"]
+    learnt = json.loads(annotations["dynamicmemory.io/learned-costs"])
+    assert sorted(learnt) == [day_iso(today - k) for k in range(14, 0, -1)]
+    assert all(learnt[day_iso(today - k)] == [[0.0, 0, 0]] * 6 for k in range(5, 15))  # before the data
+    # a day with the whole day before it: every candidate holds 3Gi + its buffer at each of the
+    # day's 288 five-minute samples (20 % above 128Mi: 3686.4Mi, 3688Mi in 2Mi blocks; or its
+    # minimum of 1, 1, 2, 4Gi), never short, never resized
+    steady = [3688 / 1024, 3688 / 1024, 4, 4, 5, 7]
+    for k in (1, 2, 3):
+        assert learnt[day_iso(today - k)] == [[round(size * 288, 1), 0, 0] for size in steady]
+    # the first day, with nothing before it: the VM's ceiling (16Gi) while the metrics span less than
+    # minHistory (2 h: 24 samples), then one shrink to the same sizes
+    assert learnt[day_iso(today - 4)] == [[round(16 * 24 + size * 264, 1), 0, 1] for size in steady]
+    # four days with metrics: the two 128Mi candidates cost the same, and the first is taken
+    assert annotations["dynamicmemory.io/learned-setting"] == (
+        "minimumBuffer 128Mi, scaleDown.stabilizationWindow 2h: of 6 candidates, the one that would have cost "
+        "least on its past 4 days with metrics")
+    assert run.exception is None
