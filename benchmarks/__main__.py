@@ -119,6 +119,11 @@ def table(summary: dict[str, Any], results: dict[str, dict[str, Any] | None]) ->
             lines += ["", f"The offline optimum at our own {at['budget']:.3f} resizes/VM-day keeps memory_ratio "
                           f"{at['memory_ratio']:.4f} (using {at['own_resizes_per_vm_day']:.3f}): ours is "
                           f"{replay['ours_over_optimum']:.2f}× that. Its frontier is the right panel of replay.png."]
+        if (lat := replay.get("optimum_at_learned_budget")) and replay.get("learned_over_optimum"):
+            lines += ["", f"At learnPerVM's own {lat['budget']:.3f} resizes/VM-day the optimum keeps "
+                          f"{lat['memory_ratio']:.4f}: learnPerVM is {replay['learned_over_optimum']:.2f}× that"
+                          + (f"; its month took {replay['learned_month_s']:.0f} s end to end (target < 60 s)."
+                             if replay.get("learned_month_s") else ".")]
         lines += ["", "Ours by `bufferPercent` (20 is the default):", "",
                   "| bufferPercent | memory_ratio | pressure_fraction | resizes_per_vm_day |", "|---|---|---|---|"]
         for c in replay["buffer_curve"]:

@@ -1,8 +1,9 @@
 """Memory saved on real traces: the month of ../shared/traces replayed through every policy
 (ours and the baselines of peers.md, the same engine code the operator runs), plus ours at several
 buffer settings as a curve, the oracle that knows the future as the physical limit, and the offline
-optimum's frontier: the least memory at each budget of own resizes (every resize is a migration).
-Two worker processes share the loaded traces (fork), one replay each at a time.
+optimum's frontier: the least memory at each budget of own resizes (every resize is a migration),
+and our engine's options (timeOfDay, learnPerVM). Two worker processes share the loaded traces
+(fork), one replay each at a time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from benchmarks.common import RESULTS, TRACES, say
 from dynamic_memory.model import PolicyParams
 from dynamic_memory.quantity import GIB, MIB
 from dynamic_memory.sim.optimum import FrontierPoint, VMOptimum, budgets, fleet_optimum, frontier
+from dynamic_memory.sim.per_vm_setting import replay_per_vm_setting
 from dynamic_memory.sim.replay import SLOT_S, replay, replay_oracle
 from dynamic_memory.sim.report import policies
 from dynamic_memory.sim.traces import VMTrace, load_traces
@@ -26,6 +28,10 @@ BUFFERS = (5, 10, 20, 50, 100)
 QUICK_VMS = 50
 TIME_OF_DAY = {"timeOfDay, minimumBuffer 512Mi": 512 * MIB, "timeOfDay, minimumBuffer 1Gi": GIB}
 """Our engine with its time-of-day option, at two minimum buffers (see the README)."""
+LEARNED = "learnPerVM"
+"""Our engine with each VM's setting learnt from its past days (policy/learner.py)."""
+OPTIONS = (*TIME_OF_DAY, LEARNED)
+"""Our engine's options, drawn as diamonds."""
 
 _traces: list[VMTrace] = []
 
@@ -75,7 +81,7 @@ def plot(points: dict[str, dict[str, Any]], curve: list[dict[str, Any]], front: 
     for name, p in points.items():
         if name in ("dynamic-memory", "oracle"):
             continue
-        (mark,) = ax.plot(p["pressure_fraction"], p["memory_ratio"], "D" if name in TIME_OF_DAY else "s",
+        (mark,) = ax.plot(p["pressure_fraction"], p["memory_ratio"], "D" if name in OPTIONS else "s",
                           markersize=7, label=name, zorder=3)
         colors[name] = mark.get_color()
     _frontier(bx, points, curve, front, colors)
@@ -110,7 +116,7 @@ def _frontier(bx: Any, points: dict[str, dict[str, Any]], curve: list[dict[str, 
     for name, color in colors.items():
         p = points[name]
         if p["own_resizes_per_vm_day"] > 0:  # a policy that never resizes has no place on a log scale
-            bx.plot(p["own_resizes_per_vm_day"], p["memory_ratio"], "D" if name in TIME_OF_DAY else "s",
+            bx.plot(p["own_resizes_per_vm_day"], p["memory_ratio"], "D" if name in OPTIONS else "s",
                     markersize=7, color=color, label=name, zorder=3)
     bx.text(0.02, 0.02, "the optimum never lets usage exceed what is assigned; a policy near or below it\n"
             "pays in pressure (left panel). static (no resizes, ratio 1) is off this log scale.",
@@ -138,17 +144,25 @@ def run(quick: bool = False) -> dict[str, Any]:
     if month_s is not None:
         say(f"replay: the whole month through the default policy, alone: {month_s:.1f} s (reading the trace "
             f"{load_s:.1f} s, the replay {ours['seconds']:.1f} s; target < 60 s)")
+    # learnPerVM here too, before the pool: it shares its candidates' days out over both cores itself
+    base = PolicyParams(startup=0, minimum=0, maximum=2**62)
+    learned: dict[str, Any] = {**replay_per_vm_setting(_traces, base).as_dict(), "policy": LEARNED,
+                               "buffer_percent": 20}
+    say(f"replay: the whole month with learnPerVM: {learned['seconds']:.1f} s (the candidates' days, then the replay)")
     jobs = [("optimum", 0)] + [(p.name, 20) for p in policies(SLOT_S)] + [("oracle", 0)]
     jobs += [("dynamic-memory", b) for b in BUFFERS if b != 20] + [(name, 20) for name in TIME_OF_DAY]
     with multiprocessing.get_context("fork").Pool(2) as pool:
         results = pool.map(_one, [j for j in jobs if j != ("dynamic-memory", 20)], chunksize=1)
     results.insert(jobs.index(("dynamic-memory", 20)), ours)
+    results.append(learned)
+    jobs.append((LEARNED, 20))
     optimum: list[VMOptimum] = results.pop(0)["vms"]
     jobs.pop(0)
     points = {r["policy"]: r for r, (_, b) in zip(results, jobs, strict=True) if b in (20, 0)}
     front = frontier(optimum, budgets(high=BUDGET_MAX))
     own = points["dynamic-memory"]["own_resizes_per_vm_day"]
     (at_ours,) = frontier(optimum, [own])
+    (at_learned,) = frontier(optimum, [learned["own_resizes_per_vm_day"]])
     curve = sorted((r for r in results if r["policy"] == "dynamic-memory"), key=lambda r: r["buffer_percent"])
     head = results[0]
     title = (f"{TRACE.name}: {head['vms']} VMs, {head['vm_days']:.0f} VM-days"
@@ -161,10 +175,15 @@ def run(quick: bool = False) -> dict[str, Any]:
     result = {"trace": TRACE.name, "vms": head["vms"], "vm_days": head["vm_days"], "quick": quick,
               "policies": points, "buffer_curve": curve, "replay": summary,
               "optimum_frontier": [asdict(f) for f in front], "optimum_at_our_budget": asdict(at_ours),
-              "ours_over_optimum": over, "month_replay_s": month_s, "trace_load_s": load_s,
+              "ours_over_optimum": over, "optimum_at_learned_budget": asdict(at_learned),
+              "learned_over_optimum": learned["memory_ratio"] / at_learned.memory_ratio,
+              "learned_month_s": None if quick else load_s + learned["seconds"], "month_replay_s": month_s,
+              "trace_load_s": load_s,
               "seconds": time.perf_counter() - started}
     say(f"replay: the offline optimum at our own {own:.3f} resizes/VM-day: memory_ratio "
         f"{at_ours.memory_ratio:.4f} (it used {at_ours.own_resizes_per_vm_day:.3f}); ours is {over:.2f}× that")
+    say(f"replay: the offline optimum at learnPerVM's own {learned['own_resizes_per_vm_day']:.3f}: memory_ratio "
+        f"{at_learned.memory_ratio:.4f}; learnPerVM is {result['learned_over_optimum']:.2f}× that")
     for name, p in points.items():
         say(f"replay: {name:>30}: memory_ratio {p['memory_ratio']:.4f}, pressure_fraction "
             f"{p['pressure_fraction']:.5f}, resizes/VM-day {p['resizes_per_vm_day']:.3f}")

@@ -38,18 +38,11 @@ from dynamic_memory.sources.kubevirt import _get, learned_costs
 Obj = Mapping[str, Any]
 Kept = dict[int, list[list[float]]]
 DAYS_PER_PASS = 50
+"""VM-days a pass works out at most: under a second of CPU, in a worker thread."""
 STEP_S = 300.0
 """Samples are read 5 minutes apart, each the highest demand of its 5 minutes: the spacing of the
 traces the candidates and the costs' weights were chosen on."""
 CHOICE = Choice()
-
-
-@dataclass(frozen=True, slots=True)
-class Learnt:
-    """A VM's setting for today, and how it was come by."""
-
-    params: PolicyParams
-    words: str
 
 
 def learnt(spec: PolicySpec, params: PolicyParams, vm: Obj, now: float) -> PolicyParams | None:
@@ -68,7 +61,7 @@ def setting_note(params: PolicyParams, kept: Mapping[int, Sequence[Sequence[floa
     """The setting the VM is sized with today, and why, for its `learned-setting` annotation."""
     candidates = candidate_params(params)
     pick = choose(kept_days(kept, today, CHOICE), own_index(params, candidates), CHOICE)
-    days = sum(1 for day in range(today - CHOICE.days, today) if sum(c[0] for c in kept.get(day, ())) > 0)
+    days = sum(1 for day in range(today - CHOICE.days, today) if day in kept and kept[day][0][0] > 0)  # as choose
     if days < CHOICE.warm:
         return (f"{setting_words(params)}: the policy's own, until {CHOICE.warm} days with metrics are learnt "
                 f"({days} so far)")
