@@ -372,7 +372,8 @@ async def _learn(memo: kopf.Memo, logger: kopf.Logger, plan: Plan, snapshot: Sna
         start, end = window(batch)
         matchers = vm_matchers([lesson.key for lesson in batch], view)
         try:
-            found = await asyncio.to_thread(memo.prometheus.history, matchers, view, start, min(end, now), STEP_S)
+            found = await asyncio.to_thread(memo.prometheus.history, matchers, view, start, min(end, now), STEP_S,
+                                            sized=False)
         except PrometheusError as exc:
             metrics.ERRORS.labels("LearningQueryFailed").inc()
             logger.warning(f"learning: Prometheus did not answer ({exc}); {len(batch)} VMs are learnt next pass")

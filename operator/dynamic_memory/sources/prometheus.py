@@ -411,9 +411,11 @@ class PrometheusSource:
         return None
 
     def history(self, matchers: Collection[str], view: MetricsView, start: float, end: float,
-                step_s: float) -> dict[str, VMHistory]:
+                step_s: float, *, sized: bool = True) -> dict[str, VMHistory]:
         """Every matching VM's demand from `start` to `end`, and its size at the end (range queries;
-        for `recommend`, which reads once and decides once)."""
+        for `recommend`, which reads once and decides once). Not `sized`: every VM with a demand
+        sample in the range, its size and node unknown (0, ""): for learning, which reads past days
+        and must not lose a VM to a gap in its metrics at `end`."""
         labels = ", ".join(matchers)
         by = f"by ({view.namespace_label}, {view.name_label})"
         # one series across migrations; each point the highest of its step, so no peak falls between points
@@ -425,21 +427,21 @@ class PrometheusSource:
         try:
             demand_rows = self.client.custom_query_range(demand, start_time=_utc(start), end_time=_utc(end),
                                                          step=_dur(step_s))
-            size_rows = self.client.custom_query(size, params={"time": end})
+            size_rows = self.client.custom_query(size, params={"time": end}) if sized else []
         except Exception as exc:  # requests' and the client's own errors alike
             raise PrometheusError(f"{type(exc).__name__}: {exc}") from exc
-        self.queries_sent += 2
+        self.queries_sent += 2 if sized else 1
         sizes = vector(size_rows, view)
         nodes = {key: str(item["metric"].get("node", "")) for item in size_rows
                  if (key := _key(item, view)) is not None}
         out = {}
         for item in demand_rows:
             key = _key(item, view)
-            if key is None or key not in sizes:
+            if key is None or (sized and key not in sizes):
                 continue
             samples = tuple((float(t), max(0, int(float(v)))) for t, v in item.get("values", [])
                             if math.isfinite(float(v)))
-            out[key] = VMHistory(nodes.get(key, ""), samples, int(sizes[key]))
+            out[key] = VMHistory(nodes.get(key, ""), samples, int(sizes.get(key, 0)))
         return out
 
 
