@@ -295,9 +295,12 @@ def _status(key: str, result: PolicyPass, state: PassState, conditions: list[dic
                      for vm, gap in list(result.unplug_gaps.items())[:10])
     short = "; ".join(f"{vm} has not plugged {format_bytes(gap)} of its size (guestCurrent below guestRequested)"
                       for vm, gap in list(result.plug_gaps.items())[:10])
+    learnt = (f"{len(result.learned)} sized with a setting learnt from their past days "
+              "(annotation dynamicmemory.io/learned-setting)") if result.learned else ""
     conditions = set_condition(conditions, READY, True, "Reconciled",
                                f"{len(result.decisions)} running of {len(result.selected)} selected VMs decided"
-                               + "".join(f"; {x}" for x in (overlap, raised, kept, short) if x), generation, now)
+                               + "".join(f"; {x}" for x in (learnt, overlap, raised, kept, short) if x), generation,
+                               now)
     return {"conditions": conditions, "observedGeneration": generation,
             **summary(len(result.selected), result.decisions, state.time)}
 

@@ -66,6 +66,8 @@ class PolicyPass:
     """VMs whose guest kept part of an unplug (guestCurrent above guestRequested), in bytes."""
     plug_gaps: dict[str, int] = field(default_factory=dict)
     """VMs whose guest has not plugged all it was given (guestCurrent below guestRequested), in bytes."""
+    learned: list[str] = field(default_factory=list)
+    """VMs sized with a setting of their own, learnt from their past days (learnPerVM)."""
 
 
 def metrics_group(params: PolicyParams, spec: PolicySpec) -> tuple[SignalSpec, MetricsView]:
@@ -214,8 +216,10 @@ def plan_all(snapshot: Snapshot, signals: Mapping[str, DemandSignal], now: float
                 result.unplug_gaps[vm_key] = state.unplug_gap
             if state.plug_gap:
                 result.plug_gaps[vm_key] = state.plug_gap
-            ours[vm_key] = Entry(state, signals.get(vm_key, DemandSignal(None, None, False)),
-                                 (learned or {}).get(vm_key, params))
+            own = (learned or {}).get(vm_key)
+            if own is not None:
+                result.learned.append(vm_key)
+            ours[vm_key] = Entry(state, signals.get(vm_key, DemandSignal(None, None, False)), own or params)
     world = cluster(snapshot.nodes, snapshot.pods, migrating_vmis(snapshot), snapshot.limits, snapshot.own_cap,
                     snapshot.reserve)
     entries = list(ours.values())

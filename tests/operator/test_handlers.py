@@ -221,6 +221,9 @@ async def test_a_learning_policy_sizes_a_vm_with_what_it_learnt_and_keeps_its_da
         await wait_for(lambda: guest_of(cluster, "learn", "db") > 2 * GIB)
         await wait_for(lambda: "dynamicmemory.io/learned-setting" in cluster.objects[VMS, "learn", "db"]["metadata"][
             "annotations"])
+        await wait_for(lambda: "; 1 sized with a setting learnt from their past days" in ready_message(
+            cluster, "learn"))
+    assert ready_message(cluster, "learn").startswith("1 running of 1 selected VMs decided; 1 sized with a setting")
     annotations = cluster.objects[VMS, "learn", "db"]["metadata"]["annotations"]
     # demand (2Gi - 50Mi) + 20 %, above the learnt 128Mi (or 2Gi + 10 % + 20 % once it shows it pages):
     # below the 2.95Gi that the policy's own buffer of at least 1Gi gives
@@ -236,6 +239,11 @@ async def test_a_learning_policy_sizes_a_vm_with_what_it_learnt_and_keeps_its_da
     assert sorted(learnt) == [day_iso(today - k) for k in range(14, 0, -1)]
     assert all(learnt[day] == [[0.0, 0, 0]] * 6 for day in learnt if day not in kept)
     assert run.exception is None
+
+
+def ready_message(cluster: kmock.KubernetesEmulator, ns: str) -> str:
+    conditions = (cluster.objects[DMP, ns, "dmp"].get("status") or {}).get("conditions") or []
+    return next((str(c["message"]) for c in conditions if c["type"] == "Ready"), "")
 
 
 def day_iso(day: int) -> str:

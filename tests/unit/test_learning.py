@@ -126,6 +126,7 @@ def test_learnt_vms_are_queried_with_their_own_windows_and_sized_with_their_sett
     assert windows == {8 * 3600.0: ["a/y"], 2 * 3600.0: ["a/x"]}
     short = DemandSignal(2 * GIB, 2 * GIB, True, pressure=True)
     plan = plan_all(snap, {"a/x": short, "a/y": short}, NOW, learned)
+    assert plan.passes["a/p"].learned == ["a/x"]
     x, y = plan.passes["a/p"].decisions
     assert "(at least 128Mi)" in x.reason and "(at least 1Gi)" in y.reason
     assert x.target < y.target
