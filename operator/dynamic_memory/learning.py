@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from dynamic_memory.api import PolicySpec
@@ -33,10 +34,11 @@ from dynamic_memory.policy.learner import (
     utc_day,
 )
 from dynamic_memory.policy.target import live_bounds
-from dynamic_memory.sources.kubevirt import _get, learned_costs
+from dynamic_memory.sources.kubevirt import LEARNED, _get, learned_costs
 
 Obj = Mapping[str, Any]
-Kept = dict[int, list[list[float]]]
+Kept = Mapping[int, Sequence[Sequence[float]]]
+"""Day → each candidate's [GiB × samples, short samples, own resizes]."""
 DAYS_PER_PASS = 50
 """VM-days a pass works out at most: under a second of CPU, in a worker thread."""
 STEP_S = 300.0
@@ -45,22 +47,69 @@ traces the candidates and the costs' weights were chosen on."""
 CHOICE = Choice()
 
 
+def _text(vm: Obj) -> str:
+    return str((_get(vm, "metadata", "annotations") or {}).get(LEARNED) or "")
+
+
+def kept_of(vm: Obj) -> Kept:
+    """The days kept on the VM (its `learned-costs` annotation), parsed afresh: for a lesson."""
+    return learned_costs({LEARNED: _text(vm)}, len(CANDIDATES))
+
+
+@dataclass(slots=True)
+class _Read:
+    """What a VM's annotation said when last read: a pass asks every learning VM for its setting and
+    its missing days, and the text changes once a day. Only the small answers are kept (the parsed
+    costs of a VM are about ten times its text)."""
+
+    text: str
+    days: frozenset[int]
+    picks: dict[tuple[PolicyParams, int], int]
+    """(policy's params, today) → the candidate `choose` took."""
+
+
+_READS: dict[str, _Read] = {}
+"""VM key → its last read annotation (a VM deleted leaves its small entry behind)."""
+
+
+def _read(vm: Obj) -> _Read:
+    key = f"{_get(vm, 'metadata', 'namespace')}/{_get(vm, 'metadata', 'name')}"
+    text = _text(vm)
+    read = _READS.get(key)
+    if read is None or read.text != text:
+        read = _READS[key] = _Read(text, frozenset(kept_of(vm)), {})
+    return read
+
+
+@lru_cache(maxsize=256)
+def _candidates(params: PolicyParams) -> tuple[list[PolicyParams], int]:
+    """A policy's candidates and the index of its own setting among them (-1: none), once per policy."""
+    candidates = candidate_params(params)
+    return candidates, own_index(params, candidates)
+
+
+def _choice(kept: Kept, params: PolicyParams, today: int) -> int:
+    """The candidate `choose` takes for today from the days kept (-1: the policy's own)."""
+    return choose(kept_days(kept, today, CHOICE), _candidates(params)[1], CHOICE)
+
+
 def learnt(spec: PolicySpec, params: PolicyParams, vm: Obj, now: float) -> PolicyParams | None:
     """The setting the VM is sized with today when its policy learns and the VM has enough days
     kept; None: the policy's own."""
     if not spec.learnPerVM:
         return None
-    candidates = candidate_params(params)
-    kept = learned_costs(_get(vm, "metadata", "annotations") or {}, len(CANDIDATES))
-    own = own_index(params, candidates)
-    pick = choose(kept_days(kept, utc_day(now), CHOICE), own, CHOICE)
+    candidates, own = _candidates(params)
+    read, today = _read(vm), utc_day(now)
+    pick = read.picks.get((params, today))
+    if pick is None:
+        pick = read.picks[params, today] = _choice(kept_of(vm), params, today)
     return None if pick in (own, -1) else candidates[pick]
 
 
 def setting_note(params: PolicyParams, kept: Mapping[int, Sequence[Sequence[float]]], today: int) -> str:
     """The setting the VM is sized with today, and why, for its `learned-setting` annotation."""
-    candidates = candidate_params(params)
-    pick = choose(kept_days(kept, today, CHOICE), own_index(params, candidates), CHOICE)
+    candidates = _candidates(params)[0]
+    pick = _choice(kept, params, today)
     days = sum(1 for day in range(today - CHOICE.days, today) if day in kept and kept[day][0][0] > 0)  # as choose
     if days < CHOICE.warm:
         return (f"{setting_words(params)}: the policy's own, until {CHOICE.warm} days with metrics are learnt "
@@ -92,10 +141,9 @@ def lessons(chosen: Sequence[tuple[PolicySpec, PolicyParams, VMState, Obj]], now
     wanting = []
     for spec, params, state, vm in chosen:
         if spec.learnPerVM:
-            kept = learned_costs(_get(vm, "metadata", "annotations") or {}, len(CANDIDATES))
-            days = days_to_learn(kept, today, CHOICE)
+            days = days_to_learn(_read(vm).days, today, CHOICE)
             if days:
-                wanting.append((spec, params, state, vm, kept, days))
+                wanting.append((spec, params, state, vm, days))
     picked: dict[int, list[int]] = {}
     left = budget
     for i, (*_, days) in enumerate(wanting):
@@ -107,9 +155,9 @@ def lessons(chosen: Sequence[tuple[PolicySpec, PolicyParams, VMState, Obj]], now
             picked[i], left = older + picked.get(i, []), left - len(older)
     out = []
     for i in sorted(picked):
-        _, params, state, vm, kept, _ = wanting[i]
+        _, params, state, vm, _ = wanting[i]
         floor, ceiling = live_bounds(state, params)
-        out.append(Lesson(state.key, vm, picked[i], today, params, floor, ceiling, kept))
+        out.append(Lesson(state.key, vm, picked[i], today, params, floor, ceiling, kept_of(vm)))
     return out
 
 
@@ -133,5 +181,5 @@ def learn(lesson: Lesson, samples: Sequence[tuple[float, int]], stale_s: float) 
     for day in lesson.days:
         found = day_of(ts, usage, floor, ceiling, day * DAY_S)
         kept[day] = ([[0.0, 0.0, 0.0] for _ in CANDIDATES] if found is None else
-                     [list(map(float, day_cost(found, c, stale_s))) for c in candidate_params(lesson.params)])
+                     [list(map(float, day_cost(found, c, stale_s))) for c in _candidates(lesson.params)[0]])
     return kept

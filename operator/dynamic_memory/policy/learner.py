@@ -15,7 +15,7 @@ nothing. The replay (sim/per_vm_setting.py) scores its days with the same `day_c
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -165,7 +165,7 @@ def kept_days(kept: Mapping[int, Sequence[Sequence[float]]], today: int, choice:
     return out
 
 
-def days_to_learn(kept: Mapping[int, object], today: int, choice: Choice) -> list[int]:
+def days_to_learn(kept: Collection[int], today: int, choice: Choice) -> list[int]:
     """The past days `choose` reads for `today` that are not kept yet, oldest first."""
     return [day for day in range(today - choice.days, today) if day not in kept]
 
