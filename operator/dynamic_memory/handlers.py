@@ -28,7 +28,7 @@ from dynamic_memory.actuators.kubevirt import learned_patch
 from dynamic_memory.api import GROUP, PLURAL, VERSION, PolicySpec, validation_errors
 from dynamic_memory.config import OperatorConfig
 from dynamic_memory.errors import UserError
-from dynamic_memory.learning import STEP_S, Lesson, learn, lessons, setting_note, window
+from dynamic_memory.learning import STEP_S, Lesson, keep_reads, learn, lessons, setting_note, window
 from dynamic_memory.model import Limit, Mode, NodeState, VMHistory
 from dynamic_memory.quantity import format_bytes, parse_duration
 from dynamic_memory.reconcile import (
@@ -369,6 +369,7 @@ async def _learn(memo: kopf.Memo, logger: kopf.Logger, plan: Plan, snapshot: Sna
                 ns, name = entry.vm.key.split("/", 1)
                 chosen.append((spec, params, entry.vm, snapshot.vms[ns][name]))
                 view_of[entry.vm.key] = view
+    keep_reads(view_of)
     todo = lessons(chosen, now)
     for view in {view_of[lesson.key] for lesson in todo}:
         batch = [lesson for lesson in todo if view_of[lesson.key] == view]

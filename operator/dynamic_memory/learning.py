@@ -11,7 +11,7 @@ every 30 s, the day just ended is done in under two hours.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -69,7 +69,7 @@ class _Read:
 
 
 _READS: dict[str, _Read] = {}
-"""VM key → its last read annotation (a VM deleted leaves its small entry behind)."""
+"""VM key → its last read annotation, for the VMs that learnt in the last pass (`keep_reads`)."""
 
 
 def _read(vm: Obj) -> _Read:
@@ -79,6 +79,13 @@ def _read(vm: Obj) -> _Read:
     if read is None or read.text != text:
         read = _READS[key] = _Read(text, frozenset(kept_of(vm)), {})
     return read
+
+
+def keep_reads(keys: Collection[str]) -> None:
+    """Forget the reads of VMs no longer learning (deleted, stopped, or their policy no longer learns):
+    called once a pass with the VMs that learn, so the memo never outgrows the fleet."""
+    for key in [key for key in _READS if key not in keys]:
+        del _READS[key]
 
 
 @lru_cache(maxsize=256)

@@ -7,8 +7,9 @@ import json
 from datetime import date
 from typing import Any
 
+from dynamic_memory import learning
 from dynamic_memory.actuators.kubevirt import LEARNED_SETTING, learned_patch
-from dynamic_memory.learning import Lesson, learn, learnt, lessons, setting_note, window
+from dynamic_memory.learning import Lesson, keep_reads, learn, learnt, lessons, setting_note, window
 from dynamic_memory.model import DemandSignal, VMState
 from dynamic_memory.quantity import GIB, MIB
 from dynamic_memory.reconcile import learned_params, metrics_groups, plan_all, running_vms
@@ -61,6 +62,19 @@ def test_a_vm_takes_the_cheapest_candidate_once_it_has_three_days() -> None:
     own_cheapest = [[500.0, 0.0, 0.0]] * 3 + [[100.0, 0.0, 0.0]] + [[500.0, 0.0, 0.0]] * 2
     assert learnt(policy, params, annotated({TODAY - k: own_cheapest for k in (1, 2, 3)}), NOW) is None
     assert learnt(spec("db", 5000), params, annotated(three), NOW) is None  # a policy that does not learn
+
+
+def test_the_reads_of_vms_that_no_longer_learn_are_forgotten() -> None:
+    policy = spec("db", 5000, learnPerVM=True)
+    params = policy.params()
+    three = {TODAY - k: CHEAP_FIRST for k in (1, 2, 3)}
+    for name in ("x", "y", "z"):
+        assert learnt(policy, params, annotated(three, name), NOW) is not None
+    keep_reads({"a/y"})  # x and z deleted, stopped, or out of a learning policy
+    assert set(learning._READS) == {"a/y"}
+    chosen = learnt(policy, params, annotated(three, "x"), NOW)  # x back: read afresh
+    assert chosen is not None and chosen.minimum_buffer == 128 * MIB
+    assert set(learning._READS) == {"a/x", "a/y"}
 
 
 def test_the_setting_note_says_what_is_used_and_why() -> None:
