@@ -203,19 +203,20 @@ def _load(args: argparse.Namespace) -> tuple[list[VMTrace], str]:
     return part, f"days {start:g} to {until} of {span:.1f}, every VM starting over; "
 
 
-def cmd_optimum(traces: list[VMTrace], part: str, budget: float | None, as_json: bool) -> int:
+def cmd_optimum(traces: list[VMTrace], part: str, budget: float | None, margin: int, as_json: bool) -> int:
     """The offline optimum at one budget, or its frontier over budgets."""
     from dynamic_memory.sim.optimum import budgets, fleet_optimum, frontier
     from dynamic_memory.sim.report import table
 
     asked = [budget] if budget is not None else budgets()
-    points = [asdict(p) for p in frontier(fleet_optimum(traces, max(asked)), asked)]
+    points = [asdict(p) for p in frontier(fleet_optimum(traces, max(asked), margin), asked)]
     if as_json:
         print(json.dumps(points[0] if budget is not None else {"frontier": points}, indent=2))
         return 0
     days = sum(t.days for t in traces)
     print(f"{part}{len(traces)} VMs, {days:.0f} VM-days: the least memory any policy could assign knowing the future, "
-          "never below usage, with at most round(budget × days) resizes of its own per VM, changed on the hour")
+          f"never below usage{f' + {margin}%' if margin else ''}, with at most round(budget × days) resizes of its own "
+          "per VM, changed on the hour")
     print(table(points, [("budget", "budget (own resizes/VM-day)", "{:g}"), ("memory_ratio", "memory_ratio", "{:.4f}"),
                          ("own_resizes_per_vm_day", "own resizes/VM-day used", "{:.3f}")]))
     return 0
@@ -230,9 +231,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.budget is not None and args.policy != "optimum":
         raise UserError("--budget is the offline optimum's: use it with --policy optimum")
     if args.policy == "optimum":
-        if args.buffer is not None or args.policy_file:
-            raise UserError("the offline optimum has no knobs: --buffer and --policy-file are for the policies")
-        return cmd_optimum(*_load(args), args.budget, args.json)
+        if args.policy_file:
+            raise UserError("the offline optimum takes no policy file: --buffer PERCENT gives it a margin to keep")
+        return cmd_optimum(*_load(args), args.budget, args.buffer or 0, args.json)
     doc = _policy_doc(args.policy_file)
     traces, part = _load(args)
     if doc and doc.spec:
@@ -421,12 +422,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--policy", choices=[*POLICY_NAMES, "all", "optimum", PER_VM_SETTING], default="dynamic-memory",
                    help="optimum: the least memory any policy could assign knowing the future (a reference line); "
                         f"{PER_VM_SETTING}: the engine with each VM's minimum buffer and scale-down window chosen "
-                        "daily from six, by what each would have cost on its past 14 days (not in the operator yet)")
+                        "daily from six, by what each would have cost on its past 14 days (the operator's learnPerVM)")
     r.add_argument("--budget", type=BUDGET, metavar="R",
                    help="with --policy optimum: own resizes per VM-day it may make (default: a frontier of budgets)")
     knobs = r.add_mutually_exclusive_group()
     knobs.add_argument("--buffer", type=BUFFER, metavar="PERCENT",
-                       help=f"bufferPercent of the default policy ({BUFFER_RANGE[0]} to {BUFFER_RANGE[1]}, default 20)")
+                       help=f"bufferPercent of the default policy ({BUFFER_RANGE[0]} to {BUFFER_RANGE[1]}, "
+                            "default 20); with --policy optimum, the margin above usage it keeps (default none)")
     knobs.add_argument("--policy-file", metavar="FILE",
                        help="a DynamicMemoryPolicy YAML file: its knobs (the trace sets the sizes)")
     r.add_argument("--days", type=day_range, metavar="FROM:TO",

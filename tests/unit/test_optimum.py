@@ -25,19 +25,21 @@ def trace(usage: list[int], provisioned: list[int], per_hour: int = 2) -> VMTrac
     return VMTrace("ns/vm", array("q", ts), array("q", provisioned), array("q", usage))
 
 
-def brute_force(t: VMTrace, changes: int) -> float:
+def brute_force(t: VMTrace, changes: int, margin: int = 0) -> float:
     """min Σ assigned: the VM starts at its provisioned size; at most `changes` times, at the start of
     an hour, it takes any level; each sample is assigned that level clamped to [min(1Gi, prov), prov]
-    and must hold the sample's usage (capped at prov; a missing sample, usage 0, holds anything)."""
+    and must hold the sample's usage plus `margin` percent of it (capped at prov; a missing sample,
+    usage 0, holds anything)."""
     hours = sorted({ts // HOUR for ts in t.ts})
     samples = list(zip(t.ts, t.provisioned, t.usage, strict=True))
-    candidates = sorted({p for p in t.provisioned} | {min(u, p) for _, p, u in samples if u > 0} | {0})
+    wants = {(u, p): min(u + u * margin / 100, p) for _, p, u in samples}
+    candidates = sorted({p for p in t.provisioned} | {wants[u, p] for _, p, u in samples if u > 0} | {0})
 
-    def cost_at(level: int, group: list[tuple[int, int, int]]) -> int | None:
-        total = 0
+    def cost_at(level: float, group: list[tuple[int, int, int]]) -> float | None:
+        total = 0.0
         for _, prov, usage in group:
             got = min(max(level, min(GIB, prov)), prov)
-            if usage > 0 and got < min(usage, prov):
+            if usage > 0 and got < wants[usage, prov]:
                 return None
             total += got
         return total
@@ -72,6 +74,9 @@ def test_the_optimum_is_the_cheapest_assignment(seed: int) -> None:
     got = optimum(t, 3)
     for k in range(4):
         assert got.cost[k] == brute_force(t, k), (k, usage, prov)
+    kept = optimum(t, 3, margin_percent=20)  # a policy's bufferPercent kept above every sample
+    for k in range(4):
+        assert kept.cost[k] == pytest.approx(brute_force(t, k, margin=20), rel=1e-12), (k, usage, prov)
 
 
 def test_a_flat_vm_changes_once_and_a_nightly_peak_is_planned_for() -> None:
@@ -108,7 +113,14 @@ def test_replay_optimum_from_the_command_line(tmp_path: Path) -> None:
     # 24 hourly samples on one day: budget 3 → down to 1Gi, up to 6Gi for hours 4-5, down again
     assert one["memory_ratio"] == pytest.approx((22 * 1 + 2 * 6) / (24 * 8))
     assert one["own_resizes_per_vm_day"] == pytest.approx(3 / (23 / 24))
+    kept = json.loads(subprocess.run([*run, "--budget", "3", "--buffer", "20", "--json"], capture_output=True,
+                                     text=True, check=True).stdout)
+    assert kept["memory_ratio"] == pytest.approx((22 * 1.2 + 2 * 7.2) / (24 * 8))  # 20% above usage, every hour
     shown = subprocess.run(run, capture_output=True, text=True, check=True).stdout
     assert "knowing the future" in shown and "| budget" in shown
+    assert "never below usage + 20%" in subprocess.run([*run, "--buffer", "20"], capture_output=True, text=True,
+                                                        check=True).stdout
+    refused = subprocess.run([*run, "--policy-file", str(path)], capture_output=True, text=True)
+    assert refused.returncode != 0 and "--buffer PERCENT" in refused.stderr
     wrong = subprocess.run([*run[:-2], "--budget", "1"], capture_output=True, text=True)
     assert wrong.returncode != 0 and "--budget is the offline optimum's" in wrong.stderr

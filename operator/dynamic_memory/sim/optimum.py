@@ -4,7 +4,9 @@ given number of resizes of its own. The reference line for the replay's memory r
 Per VM, the assignment is a level held between change points on the hour; at each sample KubeVirt's
 bounds clamp it to [min(1 GiB, provisioned), provisioned], as in the replay, so a level never lets a
 sample's usage (clamped to those bounds) exceed what is assigned. Until its first change the VM keeps
-its provisioned size, as every replayed policy starts. With at most k changes, the cheapest such
+its provisioned size, as every replayed policy starts. With a margin (a policy's bufferPercent) every
+level also keeps that share of each sample's usage above it, within the provisioned size: the least
+memory a policy that honours its buffer could assign. With at most k changes, the cheapest such
 assignment is a dynamic programme over the hours that hold samples:
 
     D_k[j] = min(D_{k-1}[j], min_{i<j} D_{k-1}[i] + C[i, j])
@@ -54,23 +56,25 @@ class VMOptimum:
         return cost, int(np.argmax(self.cost <= cost))
 
 
-def _samples(trace: VMTrace) -> tuple[Ints, Floats, Floats, Floats]:
-    """Where each hour's samples start, and per sample: lower bound, upper bound, and need (0 when
-    any level serves it: a missing sample, or usage within the floor)."""
+def _samples(trace: VMTrace, margin_percent: int) -> tuple[Ints, Floats, Floats, Floats]:
+    """Where each hour's samples start, and per sample: lower bound, upper bound, and need (usage
+    plus the margin, at most the provisioned size; 0 when any level serves it: a missing sample,
+    or a need within the floor)."""
     ts = np.asarray(trace.ts, dtype=np.int64)
     prov = np.asarray(trace.provisioned, dtype=np.float64)
     usage = np.asarray(trace.usage, dtype=np.float64)
     lo = np.minimum(float(GIB), prov)
-    need = np.minimum(usage, prov)
+    need = np.minimum(usage * (100 + margin_percent) / 100, prov)
     need = np.where((usage > 0) & (need > lo), need, 0.0)
     hours = ts // HOUR_S
     starts = np.flatnonzero(np.concatenate([[True], hours[1:] != hours[:-1]]))  # samples are oldest first
     return starts, lo, prov, need
 
 
-def optimum(trace: VMTrace, changes_max: int) -> VMOptimum:
-    """The VM's cheapest assignment with at most 0..changes_max changes of its own."""
-    starts, lo, prov, need = _samples(trace)
+def optimum(trace: VMTrace, changes_max: int, margin_percent: int = 0) -> VMOptimum:
+    """The VM's cheapest assignment with at most 0..changes_max changes of its own, keeping
+    `margin_percent` of each sample's usage above it."""
+    starts, lo, prov, need = _samples(trace, margin_percent)
     hours = len(starts)
     block_need = np.maximum.reduceat(need, starts)
     start = prov[0]
@@ -123,9 +127,9 @@ def allowed(budget: float, days: float) -> int:
     return round(budget * days)
 
 
-def fleet_optimum(traces: Sequence[VMTrace], budget_max: float) -> list[VMOptimum]:
+def fleet_optimum(traces: Sequence[VMTrace], budget_max: float, margin_percent: int = 0) -> list[VMOptimum]:
     """Every VM's optimum up to the changes `budget_max` allows it."""
-    return [optimum(t, allowed(budget_max, t.days)) for t in traces if len(t.ts)]
+    return [optimum(t, allowed(budget_max, t.days), margin_percent) for t in traces if len(t.ts)]
 
 
 def frontier(vms: Sequence[VMOptimum], budgets: Sequence[float]) -> list[FrontierPoint]:
