@@ -124,6 +124,12 @@ def table(summary: dict[str, Any], results: dict[str, dict[str, Any] | None]) ->
                           f"{lat['memory_ratio']:.4f}: learnPerVM is {replay['learned_over_optimum']:.2f}× that"
                           + (f"; its month took {replay['learned_month_s']:.0f} s end to end (target < 60 s)."
                              if replay.get("learned_month_s") else ".")]
+        if (kat := replay.get("optimum_kept_at_our_budget")) and (kal := replay.get("optimum_kept_at_learned_budget")):
+            lines += ["", f"Keeping {replay['optimum_margin_percent']}% above every sample's usage (the default "
+                          f"bufferPercent, never used), the optimum keeps {kat['memory_ratio']:.4f} at our "
+                          f"budget (ours {replay['ours_over_optimum_kept']:.2f}× that) and "
+                          f"{kal['memory_ratio']:.4f} at learnPerVM's (learnPerVM "
+                          f"{replay['learned_over_optimum_kept']:.2f}× that): the dashed frontier of replay.png."]
         lines += ["", "Ours by `bufferPercent` (20 is the default):", "",
                   "| bufferPercent | memory_ratio | pressure_fraction | resizes_per_vm_day |", "|---|---|---|---|"]
         for c in replay["buffer_curve"]:
