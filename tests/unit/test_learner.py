@@ -10,7 +10,8 @@ import pytest
 
 from dynamic_memory.model import PolicyParams
 from dynamic_memory.policy.engine import DynamicMemory
-from dynamic_memory.policy.learner import Choice, DaySamples, choose, day_cost, picks
+from dynamic_memory.policy.learner import Choice, DaySamples, choose, day_cost
+from dynamic_memory.sim.per_vm_setting import picks
 from dynamic_memory.sim.replay import replay
 from dynamic_memory.sim.traces import load_traces
 from tests.unit.test_replay import write_trace
@@ -101,9 +102,7 @@ def test_each_day_takes_the_candidate_cheapest_over_the_days_before() -> None:
 
 
 def test_days_without_samples_do_not_count_towards_warm() -> None:
-    costs = np.zeros((2, 4, 3))
-    costs[0, :, 0] = [10, 0, 0, 10]
-    costs[1, :, 0] = [4, 0, 0, 4]
+    costs = [[[g, 0.0, 0.0] for g in (10, 0, 0, 10)], [[g, 0.0, 0.0] for g in (4, 0, 0, 4)]]
     assert choose(costs, 0, Choice(days=4, warm=3)) == 0  # two days with samples of three needed
     assert choose(costs, 0, Choice(days=4, warm=2)) == 1
     assert choose(costs, -1, Choice(days=1, warm=1)) == 1  # only the last day counts

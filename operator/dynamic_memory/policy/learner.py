@@ -18,9 +18,6 @@ from bisect import bisect_left
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-import numpy as np
-import numpy.typing as npt
-
 from dynamic_memory.history import DemandHistory
 from dynamic_memory.model import Limit, PolicyParams, VMState
 from dynamic_memory.policy.engine import DynamicMemory
@@ -38,6 +35,10 @@ LOOKBACK_S = max(window for _, window in CANDIDATES)
 """How far before a day its samples are read: the longest candidate window, so every candidate
 starts the day with its window full."""
 _ENGINE = DynamicMemory()
+Costs = Sequence[Sequence[Sequence[float]]]
+"""Candidates × days × [GiB × samples, short samples, own resizes], oldest day first. Plain lists:
+the operator chooses from 6 × 14 × 3 numbers, and importing numpy for them cost it 11 MiB of
+resident memory (benchmarks/footprint.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,41 +141,26 @@ def setting_words(params: PolicyParams) -> str:
             f"{params.scale_down.window_s / HOUR_S:g}h")
 
 
-def cost(costs: npt.NDArray[np.float64], choice: Choice) -> npt.NDArray[np.float64]:
-    """One figure per [GiB × samples, short samples, own resizes] on the last axis: what `choice` weighs."""
-    return costs[..., 0] + choice.short_gib_samples * costs[..., 1] + choice.resize_gib_samples * costs[..., 2]
-
-
-def choose(costs: npt.NDArray[np.float64], own: int, choice: Choice) -> int:
-    """The candidate for today from the past days' costs (candidates × days × 3, oldest first; only
-    the last `choice.days` count): the cheapest, or `own` (an index, or -1 for the policy's own
-    setting) while fewer than `choice.warm` of those days had samples."""
-    recent = costs[:, -choice.days:]
-    if int(np.count_nonzero(recent[0, :, 0] > 0)) < choice.warm:  # a day with samples holds some memory
+def choose(costs: Costs, own: int, choice: Choice) -> int:
+    """The candidate for today from the past days' costs (only the last `choice.days` count): the
+    cheapest (the first of equals), or `own` (an index, or -1 for the policy's own setting) while
+    fewer than `choice.warm` of those days had samples."""
+    per_short, per_resize, days = choice.short_gib_samples, choice.resize_gib_samples, choice.days
+    if sum(1 for day in costs[0][-days:] if day[0] > 0) < choice.warm:  # a day with samples holds some memory
         return own
-    return int(np.argmin(cost(recent, choice).sum(axis=1)))
+    totals = [sum(held + per_short * short + per_resize * resizes for held, short, resizes in candidate[-days:])
+              for candidate in costs]
+    return totals.index(min(totals))
 
 
-def kept_days(kept: Mapping[int, Sequence[Sequence[float]]], today: int, choice: Choice) -> npt.NDArray[np.float64]:
-    """The costs `choose` reads for `today` (candidates × days × 3) from the days kept of one VM (day
-    → each candidate's costs); a day not kept counts as one without samples."""
-    out = np.zeros((len(CANDIDATES), choice.days, 3))
-    for i, day in enumerate(range(today - choice.days, today)):
-        if day in kept:
-            out[:, i] = kept[day]
-    return out
+def kept_days(kept: Mapping[int, Sequence[Sequence[float]]], today: int, choice: Choice) -> Costs:
+    """The costs `choose` reads for `today` from the days kept of one VM (day → each candidate's
+    costs); a day not kept counts as one without samples."""
+    none = (0.0, 0.0, 0.0)
+    days = [kept.get(day) for day in range(today - choice.days, today)]
+    return [[none if day is None else day[c] for day in days] for c in range(len(CANDIDATES))]
 
 
 def days_to_learn(kept: Collection[int], today: int, choice: Choice) -> list[int]:
     """The past days `choose` reads for `today` that are not kept yet, oldest first."""
     return [day for day in range(today - choice.days, today) if day not in kept]
-
-
-def picks(costs: npt.NDArray[np.float64], own: int, choice: Choice) -> npt.NDArray[np.int64]:
-    """Each VM's candidate for each day (VMs × days) from the costs of every day (candidates × VMs
-    × days × 3): day k's by `choose` over the days before it."""
-    out = np.empty(costs.shape[1:3], dtype=np.int64)
-    for vm in range(costs.shape[1]):
-        for k in range(costs.shape[2]):
-            out[vm, k] = choose(costs[:, vm, :k], own, choice)
-    return out

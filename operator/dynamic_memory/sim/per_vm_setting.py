@@ -23,10 +23,10 @@ from dynamic_memory.policy.learner import (
     Choice,
     DaySamples,
     candidate_params,
+    choose,
     day_cost,
     day_of,
     own_index,
-    picks,
 )
 from dynamic_memory.quantity import GIB
 from dynamic_memory.sim.replay import STALE_S, ReplayResult, _first_sample, replay, replay_days, replay_params
@@ -67,6 +67,17 @@ def day_costs(traces: Sequence[VMTrace], settings: Sequence[PolicyParams]) -> np
     for w, part in enumerate(done):
         costs[:, w::workers] = part
     return costs
+
+
+def picks(costs: npt.NDArray[np.float64], own: int, choice: Choice) -> npt.NDArray[np.int64]:
+    """Each VM's candidate for each day (VMs × days) from the costs of every day (candidates × VMs
+    × days × 3): day k's by `choose` over the days before it."""
+    out = np.empty(costs.shape[1:3], dtype=np.int64)
+    for vm in range(costs.shape[1]):
+        days = costs[:, vm].tolist()
+        for k in range(costs.shape[2]):
+            out[vm, k] = choose([candidate[:k] for candidate in days], own, choice)
+    return out
 
 
 def replay_per_vm_setting(traces: Sequence[VMTrace], params: PolicyParams, choice: Choice | None = None, *,
