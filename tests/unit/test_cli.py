@@ -202,3 +202,20 @@ def test_run_without_the_operator_packages_says_what_to_install() -> None:
     assert out.returncode == 2
     assert "needs the operator's packages: pip install 'kubevirt-dynamic-memory[operator]'" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_the_parser_offers_every_scenario_of_the_simulator() -> None:
+    from dynamic_memory.cli import SCENARIO_NAMES
+    from dynamic_memory.sim.scenarios import SCENARIOS
+    assert tuple(SCENARIOS) == SCENARIO_NAMES
+
+
+def test_the_operator_loads_neither_the_simulator_nor_numpy() -> None:
+    # what `dynamic-memory run` imports before Kopf starts: its parser, its config, its handlers
+    code = ("import sys; from dynamic_memory import cli; cli.parser().parse_args(['run']); "
+            "import dynamic_memory.config, dynamic_memory.handlers; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'numpy' and '.' not in m "
+            "or m.startswith('dynamic_memory.sim')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
