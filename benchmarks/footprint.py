@@ -63,7 +63,7 @@ def resizes(w: World, since: float) -> list[str]:
 
 
 def settled(w: World, since: float, quiet_s: float, timeout_s: float) -> list[str]:
-    """`resizes` once no resize has come for `quiet_s` (a VM may grow twice: see `run`)."""
+    """`resizes` once no resize has come for `quiet_s` (a VM that grew too little grows again)."""
     seen, last = -1, time.monotonic()
     deadline = last + timeout_s
     while time.monotonic() < deadline:
@@ -122,10 +122,10 @@ def run(quick: bool = False) -> dict[str, Any]:
             passes = op.metric("dynamic_memory_cycle_seconds_count") - passes0
             steady, steady_user = delta(api1, api0), by_user(w, t0)
             # demand rises on CHANGED VMs (as virt-handler shows it): resize patches, nothing else per VM.
-            # A guest shows demand only up to its size (used bytes, and pressure): a 2Gi VM asking for 3Gi
-            # is first grown to 3.2Gi, demand 2Gi + 10 % + the 1Gi buffer, and once it shows its 3Gi, to
-            # 5Gi (the buffer doubled for a second grow within the hour). KubeVirt migrates a few at a
-            # time, so virt-handler carries the migrations out again
+            # A guest shows demand only up to its size (used bytes, and paging): a 2Gi VM asking for 3Gi
+            # pages, and is grown to 4.2Gi, 2Gi + 10 % + the 1Gi buffer doubled (what a paging guest wants
+            # above its size is unseen), which holds its 3Gi and their buffer. KubeVirt migrates a few at
+            # a time, so virt-handler carries the migrations out again
             w.handler.settings.paused = False
             changed = [(spaces[i % NAMESPACES], f"vm-{i}") for i in range(0, VMS, VMS // CHANGED)]
             t2 = time.time()

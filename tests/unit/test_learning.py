@@ -142,5 +142,6 @@ def test_learnt_vms_are_queried_with_their_own_windows_and_sized_with_their_sett
     plan = plan_all(snap, {"a/x": short, "a/y": short}, NOW, learned)
     assert plan.passes["a/p"].learned == ["a/x"]
     x, y = plan.passes["a/p"].decisions
-    assert "(at least 128Mi)" in x.reason and "(at least 1Gi)" in y.reason
+    # paging: each minimum buffer doubled (its demand above its size is unseen)
+    assert "(at least 256Mi)" in x.reason and "(at least 2Gi)" in y.reason
     assert x.target < y.target

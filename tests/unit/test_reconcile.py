@@ -65,7 +65,7 @@ def snapshot(policies: dict[str, PolicySpec], vms: list[dict[str, Any]], vmis: l
 
 
 SHORT = DemandSignal(2 * GIB, 2 * GIB, True, pressure=True)
-"""Short of memory: each wants 2Gi × 1.1 + 1Gi buffer = 3.2Gi, aligned."""
+"""Short of memory (paging): each wants 2Gi × 1.1 + the 1Gi buffer doubled = 4.2Gi, aligned."""
 
 
 def test_heavier_policy_is_served_first_across_the_pool() -> None:
@@ -74,11 +74,11 @@ def test_heavier_policy_is_served_first_across_the_pool() -> None:
     vmis = [vmi("p", "g"), vmi("q", "b")]
     pods = [pod("p", "virt-launcher-g", "a", "2304Mi", "uid-p-g"),
             pod("q", "virt-launcher-b", "a", "2304Mi", "uid-q-b")]
-    # node b has room for one new pod of 3.2Gi + 256Mi overhead, not two
-    nodes = [node("a", "16Gi"), node("b", "5Gi")]
+    # node b has room (5Gi after the reserve) for one new pod of 4.2Gi + 256Mi overhead, not two
+    nodes = [node("a", "16Gi"), node("b", "6Gi")]
     plan = plan_all(snapshot(policies, vms, vmis, nodes, pods, reserve=GIB), {"p/g": SHORT, "q/b": SHORT}, NOW)
     gold, bronze = plan.passes["p/gold"].decisions[0], plan.passes["q/bronze"].decisions[0]
-    assert gold.landing == "b" and gold.target > gold.current
+    assert gold.landing == "b" and gold.target > gold.current and gold.limited is None, gold.reason
     assert bronze.target == bronze.current and bronze.limited is Limit.ROOM
     assert bronze.notes[-1].code == "NoRoom"
 

@@ -63,8 +63,10 @@ ROWS = [
     Row("unknown demand never shrinks", 12, None, None, Action.HOLD, code="DemandUnknown"),
     Row("unknown latest with a stale peak never shrinks", 12, None, 1, Action.HOLD, code="DemandUnknown"),
     Row("mid-migration VM is left alone", 4, 9, 9, Action.HOLD, code="Migrating", blocked=Blocker.MIGRATING),
-    Row("pressure raises demand to what it has", 4, 2, 2, Action.GROW, sized(4, bump=True), "DemandRose",
-        pressure=True),
+    Row("pressure raises demand to what it has, and doubles the buffer", 4, 2, 2, Action.GROW,
+        sized(4, bump=True, doublings=1), "DemandRose", pressure=True),
+    Row("pressure after a grow this hour: the buffer doubled twice", 4, 2, 2, Action.GROW,
+        sized(4, bump=True, doublings=2), "DemandRose", pressure=True, grows=1),
     Row("never below the boot size", 6, 1, 1, Action.HOLD, code="Steady", boot=6),
     Row("never above maxGuest", 4, 30, 30, Action.GROW, gib(16), "DemandRose"),
     Row("never above the policy maximum", 4, 30, 30, Action.GROW, gib(16), "DemandRose", max_guest=64),
@@ -170,3 +172,11 @@ def test_pressure_sampled_before_the_last_resize_completed_is_not_believed() -> 
     settled = VMState("ns/vm", "node", gib(3.2), gib(2), gib(16), grows_last_hour=1, last_grow=NOW - 120,
                       changed_at=NOW - PARAMS.settle_s - 1)
     assert decide(settled, signal, PARAMS, NOW).action is Action.GROW
+
+
+def test_reason_says_why_a_paging_guest_gets_a_doubled_buffer() -> None:
+    vm = VMState("ns/vm", "node", gib(2), gib(2), gib(16))
+    d = decide(vm, DemandSignal(gib(2), gib(2), True, pressure=True), PARAMS, NOW)
+    # 2Gi + 10 % = 2.2Gi; 20 % of it is below the 1Gi floor, doubled: 2.2Gi + 2Gi
+    assert d.reason == ("guest short of memory: demand 2Gi +10% (it ran short) + 20% buffer ×2 "
+                        "(paging: demand above its size is unseen) (at least 2Gi) → 4.2Gi")

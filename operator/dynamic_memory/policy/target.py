@@ -4,7 +4,8 @@ The steps, each small enough to test on its own:
   demand_with_pressure  a guest short of memory wants at least what it has
   with_buffer           Hyper-V's buffer, plus an absolute floor so small guests get room too
   SHORTFALL_BUMP        a guest that ran short gets a 10 % bump (VPA's OOM bump)
-                        and each grow within the hour doubles the buffer of the next
+                        and each grow within the hour doubles the buffer of the next, as does paging
+                        (a paging guest's demand above its size is unseen)
   live_bounds           policy bounds met with KubeVirt's (guestAtBoot .. maxGuest)
   fit                   2 MiB alignment, then the bounds
   decide                grow promptly; shrink a window after the last grow, by a step worth a migration;
@@ -89,7 +90,7 @@ def _sizing_template(what: str, then: str = "", extra: tuple[str, ...] = (), *, 
     Written with names, kept by position: its Why carries the tuple (demand, params, desired,
     *extra). A pass builds a Why for every VM and reads few; a tuple costs a third of a dict to
     build and free, and the policy's numbers are read off `params` only when the words are."""
-    buffer = ("{params.buffer_percent}% buffer ×{scale} (grew {n}× this hour) (at least {min_buffer:B})"
+    buffer = ("{params.buffer_percent}% buffer ×{scale} ({because}) (at least {min_buffer:B})"
               if doubled else "{params.buffer_percent}% buffer (at least {params.minimum_buffer:B})")
     named = f"{what} {{demand:B}}{_BUMP if bump else ''} + {buffer} → {{desired:B}}{then}"
     for i, name in enumerate(("demand", "params", "desired", *extra)):
@@ -123,8 +124,16 @@ _BY_DAY = _shrink_words("peak of the coming hours at this time on past days")
 """Sized for its time of day: the guest reached more in the coming hours on its past days than
 in its scale-down window, and is not shrunk below it."""
 _PEAK_AHEAD = _sizing_template("peak of the coming hour on past days", ": growing before it comes")
-_GROWN = ("n", "scale", "min_buffer")
-"""A grow's extra fields: grows in the last hour, and the buffer's doubling and floor after them."""
+_GROWN = ("n", "scale", "min_buffer", "because")
+"""A grow's extra fields: grows in the last hour, the buffer's doubling and floor, and why it doubled."""
+
+
+def _doubled_because(grows: int, paging: bool) -> str:
+    """Why a grow's buffer is doubled: grows this hour that it outran, or paging that hides its demand."""
+    grew = f"grew {grows}× this hour"
+    if not paging:
+        return grew
+    return "paging: demand above its size is unseen" + (f", and {grew}" if grows else "")
 _GROW_WORDS = {(short, doubled): (_sizing_template(_what, "", _GROWN, bump=short, doubled=doubled),
                                   _sizing_template(_what, "; waiting: {n} grows in the last hour (scaleUp.maxPerHour)",
                                                    _GROWN, bump=short, doubled=doubled))
@@ -182,13 +191,18 @@ def decide(vm: VMState, signal: DemandSignal, params: PolicyParams, now: float) 
     wants_more = short or (gap >= 0 and gap >= params.scale_up.step(current))
     up_base = latest if peak is None or latest >= peak else peak
     sized_for = up_base + up_base * SHORTFALL_BUMP_PERCENT // 100 if short else up_base
-    grow_to = fit(with_buffer(sized_for, params, vm.grows_last_hour), floor, ceiling,
+    # a paging guest shows at most its size: what it wants beyond is unseen, so it is sized as one
+    # that outran its buffer already (measured on the shared month with the guest's view capped at its
+    # size: own resizes 0.773 → 0.720 per VM-day, pressure 0.00132 → 0.00105, memory 0.2616 → 0.2690)
+    doublings = vm.grows_last_hour + 1 if signal.pressure else vm.grows_last_hour
+    grow_to = fit(with_buffer(sized_for, params, doublings), floor, ceiling,
                   params.alignment) if wants_more else current
     if grow_to > current:
         n = vm.grows_last_hour
-        words, limited_words = _GROW_WORDS[short, n > 0]
-        scale = 1 << min(n, 6)
-        values = (up_base, params, grow_to, n, scale, params.minimum_buffer * scale)
+        words, limited_words = _GROW_WORDS[short, doublings > 0]
+        scale = 1 << min(doublings, 6)
+        values = (up_base, params, grow_to, n, scale, params.minimum_buffer * scale,
+                  _doubled_because(n, signal.pressure))
         if n >= params.scale_up.max_per_hour:
             return _hold(vm, Why("GrowRateLimited", limited_words, values), up_base, grow_to, Limit.RATE)
         return _move(vm, grow_to, Why("DemandRose", words, values), up_base)

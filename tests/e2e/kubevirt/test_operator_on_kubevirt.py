@@ -7,6 +7,7 @@ it does not use (every (group, resource, verb) granted appears in the audit log 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -56,7 +57,8 @@ def test_a_demand_spike_grows_the_vm_and_says_why(kv_cluster: ControlPlane, kv_r
              detail=lambda: vm_story(kv_cluster, "db", ns))
     assert spec_guest(kv_cluster, "db", ns) == "2Gi"  # 1Gi demand + 1Gi buffer fits in 2Gi: no change
 
-    # more than it has: the guest pages; one grow (to 2Gi + 1Gi or 2Gi + 10% + 1Gi) covers 2.5Gi and its buffer
+    # more than it has: the guest pages; one grow (to 2Gi + 10% + the 1Gi buffer doubled, as a paging guest's
+    # demand above its size is unseen; 2Gi + 1Gi if a pass sees the use before the paging) covers 2.5Gi
     virt_handler.set_demand(ns, "db", 5 * GIB // 2)
     wait_for("the grow", lambda: spec_guest(kv_cluster, "db", ns) != "2Gi", 60,
              detail=lambda: vm_story(kv_cluster, "db", ns))
@@ -64,7 +66,8 @@ def test_a_demand_spike_grows_the_vm_and_says_why(kv_cluster: ControlPlane, kv_r
     wait_for("the migration", lambda: get(kv_cluster, "vmi", "db", ns)["status"]["memory"].get("guestCurrent")
              == grown, 90, detail=lambda: vm_story(kv_cluster, "db", ns))
     annotations = get(kv_cluster, "vm", "db", ns)["metadata"]["annotations"]
-    assert "+ 20% buffer (at least 1Gi) →" in annotations["dynamicmemory.io/reason"]
+    assert re.search(r"\+ 20% buffer (×2 \(paging: demand above its size is unseen\) \(at least 2Gi\)|"
+                     r"\(at least 1Gi\)) →", annotations["dynamicmemory.io/reason"]), annotations
     assert annotations["dynamicmemory.io/target"] == grown
     resized = [e for e in events(kv_cluster, ns, "db") if e["reason"] == "Resized"]
     assert len(resized) == 1 and resized[0]["message"].startswith("Grow 2Gi → "), resized
@@ -89,9 +92,9 @@ def test_the_heavier_policy_gets_the_one_landing_place(kv_cluster: ControlPlane,
         apply(kv_cluster, vm)
     for app in ("gold", "bronze"):
         assert running_vmi(kv_cluster, app, ns)["status"]["nodeName"] == "pool-big"
-    # the pool's second node: after the operator's 1Gi reserve, room for one grown pod (3.2Gi + overhead)
-    kv_rig.add_node("pool-small", "5Gi", extra_labels=pool)
-    for app in ("gold", "bronze"):  # both short of memory at once; one grow covers each (2.5 < 3.2 - buffer)
+    # the pool's second node: after the operator's 1Gi reserve, room for one grown pod (4.2Gi + overhead)
+    kv_rig.add_node("pool-small", "6Gi", extra_labels=pool)
+    for app in ("gold", "bronze"):  # both short of memory at once; one grow covers each (2.5 < 4.2 - buffer)
         virt_handler.set_demand(ns, app, 5 * GIB // 2)
     wait_for("gold grown on the small node", lambda: (v := get(kv_cluster, "vmi", "gold", ns))["status"][
         "nodeName"] == "pool-small" and parse_quantity(v["status"]["memory"]["guestCurrent"]) > 2 * GIB, 90,
@@ -159,7 +162,7 @@ def test_the_operator_killed_after_its_patch_loses_and_repeats_nothing(
         kv_cluster: ControlPlane, kv_rig: KubeVirtRig, virt_handler: VirtHandler, kv_operator: Operator) -> None:
     ns = namespace(kv_cluster, "fault-crash")
     started_vm(kv_cluster, virt_handler, ns, "crash")
-    # pages at 2Gi; one grow (2Gi + 10% + 1Gi = 3.2Gi) covers 2.5Gi and its buffer within a step
+    # pages at 2Gi; one grow (2Gi + 10% + the 1Gi buffer doubled = 4.2Gi) covers 2.5Gi and its buffer
     virt_handler.set_demand(ns, "crash", 5 * GIB // 2)
     wait_for("the patch", lambda: spec_guest(kv_cluster, "crash", ns) != "2Gi", 60)
     kv_operator.kill()  # right after its patch, before the rest of its pass

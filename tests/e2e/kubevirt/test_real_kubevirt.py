@@ -65,7 +65,7 @@ def test_a_grow_is_a_migration_to_another_node(kv_cluster: ControlPlane, kv_rig:
     before = running_vmi(kv_cluster, "grower", ns)
     source_node = before["status"]["nodeName"]
     virt_handler.settings.migration_s = 8.0  # long enough to see HotMemoryChange on a loaded machine
-    # the guest runs short (it pages); one grow (2Gi + 10% + 1Gi = 3.2Gi) covers 2.5Gi and its buffer
+    # the guest runs short (it pages); one grow (2Gi + 10% + the 1Gi buffer doubled = 4.2Gi) covers 2.5Gi
     virt_handler.set_demand(ns, "grower", 5 * GIB // 2)
 
     def grown() -> str | None:
@@ -144,8 +144,10 @@ def test_falling_demand_shrinks_after_the_window_by_a_migration_and_never_below_
         kv_cluster: ControlPlane, kv_rig: KubeVirtRig, virt_handler: VirtHandler, kv_operator: Operator) -> None:
     ns = namespace(kv_cluster, "kv-shrink")
     # two shrinks an hour: the first may keep the peak the guest showed while it paged during its
-    # grow's migration (still in the 30 s window); the second reaches the floor
-    policy(kv_cluster, ns, "shrink", scaleDown={"stabilizationWindow": "30s", "minHistory": "10s", "maxPerHour": 2})
+    # grow's migration (still in the 30 s window: 4.2Gi → 1.98Gi + 1Gi); the second reaches the floor,
+    # with steps from 512Mi (that one is 1008Mi, under the default 1Gi)
+    policy(kv_cluster, ns, "shrink", scaleDown={"stabilizationWindow": "30s", "minHistory": "10s", "maxPerHour": 2,
+                                                "minStep": "512Mi"})
     virt_handler.set_demand(ns, "shrinker", GIB)
     apply(kv_cluster, vm_manifest("shrinker", ns, labels={"app": "shrink"}))
     running_vmi(kv_cluster, "shrinker", ns)
