@@ -193,12 +193,13 @@ def decide(vm: VMState, signal: DemandSignal, params: PolicyParams, now: float) 
     sized_for = up_base + up_base * SHORTFALL_BUMP_PERCENT // 100 if short else up_base
     # a paging guest shows at most its size: what it wants beyond is unseen, so it is sized as one
     # that outran its buffer already (measured on the shared month with the guest's view capped at its
-    # size: own resizes 0.773 → 0.720 per VM-day, pressure 0.00132 → 0.00105, memory 0.2616 → 0.2690)
-    doublings = vm.grows_last_hour + 1 if signal.pressure else vm.grows_last_hour
-    grow_to = fit(with_buffer(sized_for, params, doublings), floor, ceiling,
+    # size: own resizes 0.773 → 0.720 per VM-day, pressure 0.00132 → 0.00105, memory 0.2616 → 0.2690);
+    # `+ pressure` counts True as one doubling
+    grow_to = fit(with_buffer(sized_for, params, vm.grows_last_hour + signal.pressure), floor, ceiling,
                   params.alignment) if wants_more else current
     if grow_to > current:
         n = vm.grows_last_hour
+        doublings = n + signal.pressure
         words, limited_words = _GROW_WORDS[short, doublings > 0]
         scale = 1 << min(doublings, 6)
         values = (up_base, params, grow_to, n, scale, params.minimum_buffer * scale,
