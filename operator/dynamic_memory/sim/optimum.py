@@ -6,7 +6,8 @@ bounds clamp it to [min(1 GiB, provisioned), provisioned], as in the replay, so 
 sample's usage (clamped to those bounds) exceed what is assigned. Until its first change the VM keeps
 its provisioned size, as every replayed policy starts. With a margin (a policy's bufferPercent) every
 level also keeps that share of each sample's usage above it, within the provisioned size: the least
-memory a policy that honours its buffer could assign. With at most k changes, the cheapest such
+memory that never lets usage into a buffer of that share (a policy's minimumBuffer, and its buffer
+on a window's peak rather than on each sample, are not modelled). With at most k changes, the cheapest such
 assignment is a dynamic programme over the hours that hold samples:
 
     D_k[j] = min(D_{k-1}[j], min_{i<j} D_{k-1}[i] + C[i, j])
