@@ -2,6 +2,8 @@
 
 Rules, exactly:
 - each VM starts at its provisioned memory; the decision at a sample sees only earlier samples;
+- a policy sees each earlier sample's whole usage, even above what it assigned (a real guest shows
+  at most its size, and pages: this flatters every policy's pressure; the README has a measure);
 - a sample with usage 0 is missing: assigned is kept and it is not counted for pressure;
 - bounds at each sample are [min(1 GiB, provisioned), provisioned];
 - memory_ratio = Σ assigned / Σ provisioned over all samples;
