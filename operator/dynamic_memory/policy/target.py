@@ -134,6 +134,8 @@ def _doubled_because(grows: int, paging: bool) -> str:
     if not paging:
         return grew
     return "paging: demand above its size is unseen" + (f", and {grew}" if grows else "")
+
+
 _GROW_WORDS = {(short, doubled): (_sizing_template(_what, "", _GROWN, bump=short, doubled=doubled),
                                   _sizing_template(_what, "; waiting: {n} grows in the last hour (scaleUp.maxPerHour)",
                                                    _GROWN, bump=short, doubled=doubled))
