@@ -135,6 +135,16 @@ async def test_invalid_policy_gets_a_condition_and_an_event(cluster: kmock.Kuber
     assert run.exception is None
 
 
+PAGING = "×2 (paging: demand above its size is unseen) "
+"""A paging guest's buffer is doubled from its first grow; a pass that saw the use before the faults
+grows it with the plain buffer."""
+
+
+def buffer_of(reason: str) -> str:
+    """The buffer's words of a sizing: from after "20% buffer " to the arrow."""
+    return reason.split("% buffer ", 1)[1].split(" →", 1)[0]
+
+
 async def test_demand_rise_patches_the_vm_with_its_reason(cluster: kmock.KubernetesEmulator, operator_env: None,
                                                           guest_metrics: GuestMetrics, prometheus: Prometheus) -> None:
     # a 2Gi guest with no headroom left, paging: short of memory, as KubeVirt's alert defines it
@@ -156,16 +166,6 @@ async def test_demand_rise_patches_the_vm_with_its_reason(cluster: kmock.Kuberne
     status = cluster.objects[DMP, "grow", "dmp"]["status"]
     assert status["vms"] == 1 and status["running"] == 1
     assert run.exception is None
-
-
-PAGING = "×2 (paging: demand above its size is unseen) "
-"""A paging guest's buffer is doubled from its first grow; a pass that saw the use before the faults
-grows it with the plain buffer."""
-
-
-def buffer_of(reason: str) -> str:
-    """The buffer's words of a sizing: from after "20% buffer " to the arrow."""
-    return reason.split("% buffer ", 1)[1].split(" →", 1)[0]
 
 
 async def test_a_time_of_day_policy_reads_its_past_days_and_still_follows_demand(
