@@ -9,6 +9,7 @@ learnPerVM). Two worker processes share the loaded traces (fork), one replay eac
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from dataclasses import asdict, replace
 from typing import Any
@@ -42,7 +43,8 @@ MARGIN = 20
 """The second frontier keeps the default bufferPercent above every sample's usage."""
 
 
-def _one(job: tuple[str, int]) -> dict[str, Any]:
+def _one(job: tuple[str, int], workers: int = 1) -> dict[str, Any]:
+    """One replay; `workers` > 1 only outside the pool (its processes cannot start their own)."""
     name, buffer = job
     if name == "oracle":
         return replay_oracle(_traces).as_dict()
@@ -54,7 +56,7 @@ def _one(job: tuple[str, int]) -> dict[str, Any]:
         params = replace(params, time_of_day=True, minimum_buffer=TIME_OF_DAY[name])
         label, name = name, "dynamic-memory"
     policy = {p.name: p for p in policies(SLOT_S)}[name]
-    result = replay(_traces, policy, params).as_dict()
+    result = replay(_traces, policy, params, workers=workers).as_dict()
     return {**result, "policy": label or result["policy"], "buffer_percent": buffer}
 
 
@@ -146,7 +148,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     if quick:
         _traces = _traces[:QUICK_VMS]
     # the default policy alone first, in this process: what `dynamic-memory replay TRACE` costs
-    ours = _one(("dynamic-memory", 20))
+    ours = _one(("dynamic-memory", 20), os.cpu_count() or 1)
     month_s = None if quick else load_s + ours["seconds"]
     if month_s is not None:
         say(f"replay: the whole month through the default policy, alone: {month_s:.1f} s (reading the trace "

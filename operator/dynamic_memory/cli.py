@@ -249,7 +249,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.policy == PER_VM_SETTING:
         results = [replay_per_vm_setting(traces, params, progress=progress).as_dict()]
     else:
-        results = [replay(traces, _named_policy(n, SLOT_S), params, progress=progress).as_dict() for n in names]
+        results = [replay(traces, _named_policy(n, SLOT_S), params, progress=progress, workers=os.cpu_count() or 1)
+                   .as_dict() for n in names]
     if args.policy == "all":
         results.append(replay_oracle(traces).as_dict())
     if args.json:

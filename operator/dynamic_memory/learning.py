@@ -25,7 +25,7 @@ from dynamic_memory.policy.learner import (
     Choice,
     candidate_params,
     choose,
-    day_cost,
+    costs_of_day,
     day_of,
     days_to_learn,
     kept_days,
@@ -188,5 +188,5 @@ def learn(lesson: Lesson, samples: Sequence[tuple[float, int]], stale_s: float) 
     for day in lesson.days:
         found = day_of(ts, usage, floor, ceiling, day * DAY_S)
         kept[day] = ([[0.0, 0.0, 0.0] for _ in CANDIDATES] if found is None else
-                     [list(map(float, day_cost(found, c, stale_s))) for c in _candidates(lesson.params)[0]])
+                     [list(map(float, cost)) for cost in costs_of_day(found, _candidates(lesson.params)[0], stale_s)])
     return kept

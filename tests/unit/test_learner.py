@@ -10,7 +10,7 @@ import pytest
 
 from dynamic_memory.model import PolicyParams
 from dynamic_memory.policy.engine import DynamicMemory
-from dynamic_memory.policy.learner import Choice, DaySamples, choose, day_cost
+from dynamic_memory.policy.learner import Choice, DaySamples, choose, costs_of_day
 from dynamic_memory.sim.per_vm_setting import picks
 from dynamic_memory.sim.replay import replay
 from dynamic_memory.sim.traces import load_traces
@@ -26,6 +26,11 @@ def samples(before: list[float], today: list[float], ceiling: float = 16) -> Day
     usage = [int(u * G) for u in before + today]
     n = len(usage)
     return DaySamples([300.0 * i for i in range(n)], usage, [G] * n, [int(ceiling * G)] * n, len(before))
+
+
+def day_cost(day: DaySamples, params: PolicyParams, stale_s: float) -> tuple[float, int, int]:
+    """One candidate's day."""
+    return costs_of_day(day, [params], stale_s)[0]
 
 
 def test_a_flat_guest_holds_its_steady_size_all_day() -> None:
@@ -56,6 +61,19 @@ def test_a_spike_is_one_short_sample_a_grow_and_a_shrink_a_window_later() -> Non
     held, short, own = day_cost(samples([2] * 96, today), PARAMS, 900)
     assert (short, own) == (1, 2)
     assert held == 3 * 145 + 5530 / 1024 * 96 + 3 * (DAY - 145 - 96)
+
+
+def test_candidates_that_read_the_same_statistics_cost_what_each_costs_alone() -> None:
+    # the 8 h window twice (1 GiB and 128 MiB buffers) and a 2 h window: the spike leaves them at
+    # different times, so a window shared wrongly changes the held GiB
+    today = [2.0] * DAY
+    today[144] = 4.0
+    day = samples([5.0] + [2.0] * 95, today)
+    short_window = replace(PARAMS, scale_down=replace(PARAMS.scale_down, window_s=7200.0))
+    candidates = [PARAMS, replace(PARAMS, minimum_buffer=G // 8), short_window]
+    together = costs_of_day(day, candidates, 900)
+    assert together == [day_cost(day, c, 900) for c in candidates]
+    assert len(set(together)) == 3
 
 
 def test_no_sample_before_the_day_starts_it_at_the_ceiling() -> None:

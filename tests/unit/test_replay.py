@@ -115,3 +115,20 @@ def test_names_are_read_as_the_csv_module_reads_them(tmp_path: Path) -> None:
     assert (list(traces["db,1"].ts), list(traces["db,1"].usage)) == ([0, 300], [30 * 1024, 10 * 1024])
     assert (list(traces["a#b"].ts), list(traces["a#b"].provisioned)) == ([0, 300], [2048 * 1024] * 2)
 
+
+
+def test_vms_shared_out_over_processes_score_what_one_process_scores(tmp_path: Path) -> None:
+    """A round decides at its earliest sample among all VMs. VM 2 samples 250 s into each slot,
+    after VM 1, so its shrink a window after its grow waits one sample more than by its own clock;
+    shared out over two processes, VMs 2 and 4 (both late) in one, it must still wait."""
+    offsets = {1: 0, 2: 250, 3: 100, 4: 250}
+    rows = [(vm, t * 300 + offset, 16, 6 if t == 30 else 2) for vm, offset in offsets.items() for t in range(300)]
+
+    def run(vms: set[int], workers: int = 1) -> dict[str, float | int | str]:
+        path = write_trace(tmp_path / f"{sorted(vms)}.csv", [r for r in rows if r[0] in vms])
+        result = replay(load_traces(path), DynamicMemory(), PARAMS, workers=workers).as_dict()
+        return {k: v for k, v in result.items() if k != "seconds"}
+
+    ratio = {vms: float(run(set(vms))["memory_ratio"]) for vms in ((1,), (2,), (1, 2))}
+    assert 2 * ratio[1, 2] > ratio[1,] + ratio[2,]  # VM 2 beside VM 1 holds 6 GiB a sample longer
+    assert run({1, 2, 3, 4}, workers=2) == run({1, 2, 3, 4})

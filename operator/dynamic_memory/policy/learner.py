@@ -3,13 +3,13 @@
 One rule for every VM sizes a guest that sits flat all month and one that spikes every night alike.
 Here every VM is still sized by the same engine, but with the knobs that served it best: each of a
 few candidate settings (minimum buffer × scale-down window) is replayed over each past day of the
-VM as if it had been in charge that day (`day_cost`), and each day the VM takes the candidate that
+VM as if it had been in charge that day (`costs_of_day`), and each day the VM takes the candidate that
 cost least over its last `Choice.days` days (`choose`).
 
 A candidate's day needs only that day's samples and one window before them, and it starts from
 the size the candidate itself would have held then, not from what the VM really held: so the
 operator can work each day out once from Prometheus and keep the costs, and a restart loses
-nothing. The replay (sim/per_vm_setting.py) scores its days with the same `day_cost`.
+nothing. The replay (sim/per_vm_setting.py) scores its days with the same `costs_of_day`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from dynamic_memory.history import DemandHistory
-from dynamic_memory.model import Limit, PolicyParams, VMState
-from dynamic_memory.policy.engine import DynamicMemory
+from dynamic_memory.model import DemandSignal, Limit, PolicyParams, VMState
+from dynamic_memory.policy.engine import DynamicMemory, SignalSpec
 from dynamic_memory.policy.target import decide, fit, with_buffer
 from dynamic_memory.quantity import GIB, MIB, format_bytes
 
@@ -92,41 +92,67 @@ def candidate_params(params: PolicyParams) -> list[PolicyParams]:
             for buffer, window in CANDIDATES]
 
 
-def day_cost(day: DaySamples, params: PolicyParams, stale_s: float) -> tuple[float, int, int]:
-    """(GiB × samples held, short samples, own resizes) of the engine under `params` over the day,
-    scored as the replay scores (sim/replay.py): started steady, at what the candidate sizes the VM
-    at from the window before the day (the ceiling with no sample there)."""
-    ts, usage, floor, ceiling = day.ts, day.usage, day.floor, day.ceiling
-    history = DemandHistory(_ENGINE.signal_spec(params), stale_s)
+def _signals(day: DaySamples, spec: SignalSpec, stale_s: float) -> list[DemandSignal]:
+    """What the metrics say at the day's first sample (before it) and at each of the day's samples,
+    as the engine would read them with these statistics: a candidate's size does not change them."""
+    ts, usage = day.ts, day.usage
+    history = DemandHistory(spec, stale_s)
     for i in range(day.first):
         if usage[i] > 0:
             history.push(ts[i], usage[i])
-    if day.first >= len(ts):
-        return 0.0, 0, 0
-    start = history.signal(ts[day.first])
+    out = []
+    for i in range(day.first, len(ts)):
+        out.append(history.signal(ts[i]))
+        if usage[i] > 0:
+            history.push(ts[i], usage[i])
+    return out
+
+
+def costs_of_day(day: DaySamples, candidates: Sequence[PolicyParams], stale_s: float) -> list[tuple[float, int, int]]:
+    """(GiB × samples held, short samples, own resizes) of the engine under each candidate over the
+    day, scored as the replay scores (sim/replay.py): started steady, at what the candidate sizes
+    the VM at from the window before the day (the ceiling with no sample there). Candidates that
+    read the same statistics share them (the six read four)."""
+    if day.first >= len(day.ts):
+        return [(0.0, 0, 0) for _ in candidates]
+    shared: dict[SignalSpec, list[DemandSignal]] = {}
+    out = []
+    for params in candidates:
+        spec = _ENGINE.signal_spec(params)
+        signals = shared.get(spec)
+        if signals is None:
+            signals = shared[spec] = _signals(day, spec, stale_s)
+        out.append(_day_cost(day, signals, params))
+    return out
+
+
+def _day_cost(day: DaySamples, signals: Sequence[DemandSignal], params: PolicyParams) -> tuple[float, int, int]:
+    ts, usage, floor, ceiling, first = day.ts, day.usage, day.floor, day.ceiling, day.first
+    start = signals[0]
     base = start.peak if start.peak is not None else start.latest
-    lo, hi = floor[day.first], ceiling[day.first]
+    lo, hi = floor[first], ceiling[first]
     size = hi if base is None else fit(with_buffer(base, params), lo, hi, params.alignment)
     held, short, own = 0.0, 0, 0
     last_grow: float | None = None
     resizes: list[tuple[float, bool]] = []  # (when, grew) of the last hour's own resizes
-    for i in range(day.first, len(ts)):
+    grows = 0
+    for i in range(first, len(ts)):
         t, used, lo, hi = ts[i], usage[i], floor[i], ceiling[i]
         if resizes and resizes[0][0] <= t - HOUR_S:
             resizes = [r for r in resizes if r[0] > t - HOUR_S]
-        grows = sum(grew for _, grew in resizes)
-        vm = VMState("shadow", "", size, lo, hi, 0, last_grow, grows, len(resizes) - grows)
-        d = decide(vm, history.signal(t), params, t)
+            grows = sum(grew for _, grew in resizes)
+        d = decide(VMState("shadow", "", size, lo, hi, 0, last_grow, grows, len(resizes) - grows),
+                   signals[i - first], params, t)
         after = hi if d.target >= hi else lo if d.target <= lo else d.target
         if after != size and after == d.target and d.limited is not Limit.BOUNDS:  # not forced by the bounds
             own += 1
             resizes.append((t, after > size))
-            last_grow = t if after > size else last_grow
+            if after > size:
+                last_grow, grows = t, grows + 1
         size = after
         held += after / GIB
         if used > 0:  # usage above the ceiling is short of any size the bounds allow: not counted
             short += after < used <= hi
-            history.push(t, used)
     return held, short, own
 
 

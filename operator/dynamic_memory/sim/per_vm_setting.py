@@ -1,6 +1,6 @@
 """The replay of each VM's setting learned from its own past days (policy/learner.py).
 
-Every candidate's cost on every VM-day comes first, by the learner's own `day_cost` (the days are
+Every candidate's cost on every VM-day comes first, by the learner's own `costs_of_day` (the days are
 independent: they are shared out over the machine's cores); then the engine is replayed with each
 VM's setting switched daily to the one `choose` takes from the days before.
 """
@@ -24,7 +24,7 @@ from dynamic_memory.policy.learner import (
     DaySamples,
     candidate_params,
     choose,
-    day_cost,
+    costs_of_day,
     day_of,
     own_index,
 )
@@ -44,13 +44,12 @@ def vm_days(trace: VMTrace, t0: int, days: int) -> list[DaySamples | None]:
 
 def _costs_of(traces: Sequence[VMTrace], t0: int, days: int,
               settings: Sequence[PolicyParams]) -> npt.NDArray[np.float64]:
-    """Candidates × VMs × days × 3: `day_cost` of each."""
+    """Candidates × VMs × days × 3: `costs_of_day` of each."""
     costs = np.zeros((len(settings), len(traces), days, 3))
     for j, trace in enumerate(traces):
         for k, day in enumerate(vm_days(trace, t0, days)):
             if day is not None:
-                for c, setting in enumerate(settings):
-                    costs[c, j, k] = day_cost(day, setting, STALE_S)
+                costs[:, j, k] = costs_of_day(day, settings, STALE_S)
     return costs
 
 
@@ -87,6 +86,6 @@ def replay_per_vm_setting(traces: Sequence[VMTrace], params: PolicyParams, choic
     started = time.perf_counter()
     settings = candidate_params(replay_params(params))
     chosen = picks(day_costs(traces, settings), own_index(replay_params(params), settings), choice or Choice())
-    result = replay(traces, DynamicMemory(), params, progress=progress,
+    result = replay(traces, DynamicMemory(), params, progress=progress, workers=os.cpu_count() or 1,
                     setting_of=lambda j, day: params if chosen[j, day] < 0 else settings[chosen[j, day]])
     return replace(result, policy=NAME, seconds=round(time.perf_counter() - started, 2))

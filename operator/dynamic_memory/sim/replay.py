@@ -21,9 +21,11 @@ Rules, exactly:
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 
 from tqdm import tqdm
@@ -84,6 +86,18 @@ class _Score:
         self.changes = self.forced = 0
         self.by_reason: dict[str, int] = {}
 
+    @staticmethod
+    def total(parts: Sequence[_Score]) -> _Score:
+        """The score of all the parts' samples together."""
+        out = _Score()
+        for part in parts:
+            for name in _Score.__slots__:
+                if name != "by_reason":
+                    setattr(out, name, getattr(out, name) + getattr(part, name))
+            for code, n in part.by_reason.items():
+                out.by_reason[code] = out.by_reason.get(code, 0) + n
+        return out
+
     def count(self, before: int, after: int, prov: int, usage: int, forced: bool, code: str = "") -> None:
         """Score one sample."""
         self.samples += 1
@@ -122,10 +136,13 @@ class _Score:
             resizes_by_reason=dict(sorted(self.by_reason.items(), key=lambda kv: -kv[1])))
 
 
-def _rounds(traces: Sequence[VMTrace]) -> list[list[tuple[int, int]]]:
+Round = tuple[int, int]
+"""A round's place in time: (slot, depth), depth counting a VM's samples that share one slot."""
+
+
+def _rounds(traces: Sequence[VMTrace], t0: int) -> dict[Round, list[tuple[int, int]]]:
     """(vm index, sample index) grouped into rounds: one slot of time, at most one sample per VM."""
-    t0 = _first_sample(traces)
-    slots: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    slots: dict[Round, list[tuple[int, int]]] = {}
     for j, tr in enumerate(traces):
         prev_slot, depth = -1, 0
         for i, t in enumerate(tr.ts):
@@ -133,7 +150,7 @@ def _rounds(traces: Sequence[VMTrace]) -> list[list[tuple[int, int]]]:
             depth = depth + 1 if slot == prev_slot else 0
             prev_slot = slot
             slots.setdefault((slot, depth), []).append((j, i))
-    return [slots[k] for k in sorted(slots)]
+    return slots
 
 
 SettingOf = Callable[[int, int], PolicyParams]
@@ -142,27 +159,76 @@ the replay's first sample)."""
 
 
 def replay(traces: Sequence[VMTrace], policy: Policy, params: PolicyParams, *, progress: bool = False,
-           setting_of: SettingOf | None = None) -> ReplayResult:
+           setting_of: SettingOf | None = None, workers: int = 1) -> ReplayResult:
     """Run `policy` over every VM of the trace, stepping all VMs together in time.
 
     `setting_of`: each VM's knobs by day, instead of `params` for all (their bounds are the
-    trace's all the same)."""
+    trace's all the same). `workers` > 1 shares the VMs out over that many processes: with no
+    cluster each VM is on its own, and each round still decides at the time of its earliest
+    sample among all VMs, so the figures are those of one process."""
     started = time.perf_counter()
-    params = replay_params(params)
+    t0 = _first_sample(traces)
+    rounds = _rounds(traces, t0)
+    nows = {k: min(traces[j].ts[i] for j, i in members) for k, members in rounds.items()}
+    workers = max(1, min(workers, len(traces)))
+    if workers == 1:
+        score = _replay_part(_Part(traces, range(len(traces)), policy, params, setting_of, t0, nows, progress,
+                                   rounds))
+    else:
+        parts = [_Part(traces[w::workers], range(w, len(traces), workers), policy, params, setting_of, t0, nows,
+                       progress and w == 0, None) for w in range(workers)]
+        global _parts
+        _parts = parts  # the workers are forked: they find their part here instead of receiving a copy
+        try:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                scores = list(pool.map(_replay_nth, range(workers)))
+        finally:
+            _parts = []
+        score = _Score.total(scores)
+    return score.result(policy.name, traces, time.perf_counter() - started)
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """Some of the replay's VMs, with what every part shares: the replay's start and its rounds' times."""
+
+    traces: Sequence[VMTrace]
+    indexes: Sequence[int]
+    """Each VM's index among all the replay's (what `setting_of` is asked with)."""
+    policy: Policy
+    params: PolicyParams
+    setting_of: SettingOf | None
+    t0: int
+    nows: Mapping[Round, int]
+    progress: bool
+    rounds: Mapping[Round, list[tuple[int, int]]] | None
+    """The part's rounds (None: it works them out from its VMs)."""
+
+
+_parts: list[_Part] = []
+
+
+def _replay_nth(n: int) -> _Score:
+    return _replay_part(_parts[n])
+
+
+def _replay_part(part: _Part) -> _Score:
+    """The replay of the part's VMs (see `replay`)."""
+    traces, policy, setting_of, t0 = part.traces, part.policy, part.setting_of, part.t0
+    params = replay_params(part.params)
     history = [DemandHistory(policy.signal_spec(params), STALE_S) for _ in traces] if setting_of is None else []
     # with `setting_of`: each VM's histories, one per statistics its settings ask, each fed every sample
     by_spec: list[dict[SignalSpec, DemandHistory]] = [{} for _ in traces] if setting_of is not None else []
-    t0 = _first_sample(traces)
     assigned = [tr.provisioned[0] for tr in traces]
     last_grow: list[float | None] = [None] * len(traces)
     resizes: list[deque[tuple[int, Action]]] = [deque() for _ in traces]
     keys = [tr.vm for tr in traces]
     score = _Score()
-    rounds = _rounds(traces)
+    rounds = _rounds(traces, t0) if part.rounds is None else part.rounds
     gc.freeze()  # millions of long-lived tuples: keep the cyclic GC from rescanning them every step
-    for members in tqdm(rounds, desc=f"replay {policy.name}", unit="step", disable=not progress,
-                        mininterval=1.0):
-        now = min(traces[j].ts[i] for j, i in members)
+    for k in tqdm(sorted(rounds), desc=f"replay {policy.name}", unit="step", disable=not part.progress,
+                  mininterval=1.0):
+        members = rounds[k]
         entries = []
         for j, i in members:
             tr = traces[j]
@@ -176,13 +242,13 @@ def replay(traces: Sequence[VMTrace], policy: Policy, params: PolicyParams, *, p
             if setting_of is None:
                 entries.append(Entry(vm, history[j].signal(t), params))
             else:
-                p = replay_params(setting_of(j, int((t - t0) // DAY_S)))
+                p = replay_params(setting_of(part.indexes[j], int((t - t0) // DAY_S)))
                 spec = policy.signal_spec(p)
                 kept = by_spec[j]
                 if spec not in kept:
                     kept[spec] = _replayed_history(spec, traces[j], i)
                 entries.append(Entry(vm, kept[spec].signal(t), p))
-        decisions = policy.plan(entries, None, now)  # single VMs: no cluster limits
+        decisions = policy.plan(entries, None, part.nows[k])  # single VMs: no cluster limits
         for (j, i), d in zip(members, decisions, strict=True):
             tr = traces[j]
             t, prov, usage = tr.ts[i], tr.provisioned[i], tr.usage[i]
@@ -203,7 +269,7 @@ def replay(traces: Sequence[VMTrace], policy: Policy, params: PolicyParams, *, p
                 else:
                     for h in by_spec[j].values():
                         h.push(t, usage)
-    return score.result(policy.name, traces, time.perf_counter() - started)
+    return score
 
 
 def _replayed_history(spec: SignalSpec, trace: VMTrace, upto: int) -> DemandHistory:
