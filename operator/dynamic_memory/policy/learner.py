@@ -97,7 +97,14 @@ def _signals(day: DaySamples, spec: SignalSpec, stale_s: float) -> list[DemandSi
     as the engine would read them with these statistics: a candidate's size does not change them."""
     ts, usage = day.ts, day.usage
     history = DemandHistory(spec, stale_s)
-    for i in range(day.first):
+    # a sample older than every window before the day's first only tells when the history began
+    # (minHistory): the first of those is pushed, the rest would be dropped unread
+    reach = max(spec.up_window_s, spec.down_window_s, stale_s)
+    recent = 0 if spec.daily is not None else bisect_left(ts, ts[day.first] - reach, 0, day.first)
+    began = next((i for i in range(recent) if usage[i] > 0), None)
+    if began is not None:
+        history.push(ts[began], usage[began])
+    for i in range(recent, day.first):
         if usage[i] > 0:
             history.push(ts[i], usage[i])
     out = []
