@@ -219,6 +219,8 @@ def _replay_part(part: _Part) -> _Score:
     history = [DemandHistory(policy.signal_spec(params), STALE_S) for _ in traces] if setting_of is None else []
     # with `setting_of`: each VM's histories, one per statistics its settings ask, each fed every sample
     by_spec: list[dict[SignalSpec, DemandHistory]] = [{} for _ in traces] if setting_of is not None else []
+    today: list[tuple[int, PolicyParams, DemandHistory] | None] = [None] * len(traces)
+    """With `setting_of`: each VM's day, setting and history in use."""
     assigned = [tr.provisioned[0] for tr in traces]
     last_grow: list[float | None] = [None] * len(traces)
     resizes: list[deque[tuple[int, Action]]] = [deque() for _ in traces]
@@ -242,12 +244,15 @@ def _replay_part(part: _Part) -> _Score:
             if setting_of is None:
                 entries.append(Entry(vm, history[j].signal(t), params))
             else:
-                p = replay_params(setting_of(part.indexes[j], int((t - t0) // DAY_S)))
-                spec = policy.signal_spec(p)
-                kept = by_spec[j]
-                if spec not in kept:
-                    kept[spec] = _replayed_history(spec, traces[j], i)
-                entries.append(Entry(vm, kept[spec].signal(t), p))
+                day, in_use = int((t - t0) // DAY_S), today[j]
+                if in_use is None or in_use[0] != day:  # a VM's setting changes only from one day to the next
+                    p = replay_params(setting_of(part.indexes[j], day))
+                    spec = policy.signal_spec(p)
+                    kept = by_spec[j]
+                    if spec not in kept:
+                        kept[spec] = _replayed_history(spec, traces[j], i)
+                    in_use = today[j] = (day, p, kept[spec])
+                entries.append(Entry(vm, in_use[2].signal(t), in_use[1]))
         decisions = policy.plan(entries, None, part.nows[k])  # single VMs: no cluster limits
         for (j, i), d in zip(members, decisions, strict=True):
             tr = traces[j]
