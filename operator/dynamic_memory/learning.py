@@ -143,11 +143,12 @@ class Lesson:
 def lessons(chosen: Sequence[tuple[PolicySpec, PolicyParams, VMState, Obj]], now: float,
             budget: int = DAYS_PER_PASS) -> list[Lesson]:
     """The VM-days to work out this pass, at most `budget`, one lesson per VM: first the day just
-    ended of every VM (the newest learning matters most), then older days, newest first."""
+    ended of every VM (the newest learning matters most), then older days, newest first. A VM that
+    KubeVirt can never resize while it runs (an instancetype, ...) learns nothing it could use."""
     today = utc_day(now)
     wanting = []
     for spec, params, state, vm in chosen:
-        if spec.learnPerVM:
+        if spec.learnPerVM and not (state.blocked is not None and state.blocked.lasting):
             days = days_to_learn(_read(vm).days, today, CHOICE)
             if days:
                 wanting.append((spec, params, state, vm, days))

@@ -10,7 +10,7 @@ from typing import Any
 from dynamic_memory import learning
 from dynamic_memory.actuators.kubevirt import LEARNED_SETTING, learned_patch
 from dynamic_memory.learning import Lesson, keep_reads, learn, learnt, lessons, setting_note, window
-from dynamic_memory.model import DemandSignal, VMState
+from dynamic_memory.model import Blocker, DemandSignal, VMState
 from dynamic_memory.quantity import GIB, MIB
 from dynamic_memory.reconcile import learned_params, metrics_groups, plan_all, running_vms
 from dynamic_memory.sources.kubevirt import LEARNED, learned_costs
@@ -106,6 +106,16 @@ def test_a_pass_learns_the_day_just_ended_of_every_vm_before_older_days() -> Non
     assert (todo[0].floor, todo[0].ceiling) == (2 * GIB, 16 * GIB)  # the policy's startup .. maximum
     assert window(todo) == ((TODAY - 4) * DAY - 24 * 3600, TODAY * DAY)
     assert lessons([up_to_date, other], NOW) == []
+
+
+def test_a_vm_kubevirt_can_never_resize_learns_nothing() -> None:
+    """Its setting would never be used: no reads of its past and no annotation for it. A VM that
+    is only busy for now (migrating) still learns."""
+    policy = spec("db", 5000, learnPerVM=True)
+    params = policy.params()
+    typed = (policy, params, state("t")._replace(blocked=Blocker.INSTANCETYPE), vm("a", "t", "db"))
+    moving = (policy, params, state("m")._replace(blocked=Blocker.MIGRATING), vm("a", "m", "db"))
+    assert [lesson.key for lesson in lessons([typed, moving], NOW)] == ["a/m"]
 
 
 def test_a_day_is_worked_out_from_its_samples_and_old_days_are_dropped() -> None:
