@@ -134,6 +134,7 @@ def costs_of_day(day: DaySamples, candidates: Sequence[PolicyParams], stale_s: f
 
 
 def _day_cost(day: DaySamples, signals: Sequence[DemandSignal], params: PolicyParams) -> tuple[float, int, int]:
+    """One candidate's day (see `costs_of_day`), the engine deciding at each sample from `signals`."""
     ts, usage, floor, ceiling, first = day.ts, day.usage, day.floor, day.ceiling, day.first
     start = signals[0]
     base = start.peak if start.peak is not None else start.latest
