@@ -166,6 +166,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         scenario = scenario.with_policy(doc.spec.params(), keep_sizes=args.scenario == "trace")
         print(f"policy: {doc.name} from {args.policy_file}, for every VM"
               + (" (sizes from the trace)" if args.scenario == "trace" else ""))
+        if doc.spec.learnPerVM:
+            print("learnPerVM is not simulated: every VM keeps the policy's own minimumBuffer and scaleDown."
+                  "stabilizationWindow (a VM leaves them once it has 3 days of metrics; `dynamic-memory replay "
+                  f"TRACE --policy-file {args.policy_file}` learns them)")
     chosen = [p for p in policies(scenario.step_s) if args.policy in (None, "all", p.name)]
     results = run_all(scenario, chosen, progress=sys.stderr.isatty())
     _print_scenario(write_report(out_dir, scenario, results), out_dir)
@@ -239,18 +243,23 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return cmd_optimum(*_load(args), args.budget, args.buffer or 0, args.json)
     doc = _policy_doc(args.policy_file)
     traces, part = _load(args)
+    learns = bool(doc and doc.spec and doc.spec.learnPerVM)  # our engine then learns, as the operator would
     if doc and doc.spec:
-        params, source = doc.spec.params(), f"policy {doc.name} from {args.policy_file}"
+        params = doc.spec.params()
+        source = f"policy {doc.name} from {args.policy_file}{' (learnPerVM)' if learns else ''}"
     else:
         params = replace(PolicyParams(startup=0, minimum=0, maximum=2**62), buffer_percent=args.buffer or 20)
         source = f"default policy, buffer {params.buffer_percent}%"
     names = POLICY_NAMES if args.policy == "all" else (args.policy,)
     progress = sys.stderr.isatty() and not args.json
-    if args.policy == PER_VM_SETTING:
-        results = [replay_per_vm_setting(traces, params, progress=progress).as_dict()]
-    else:
-        results = [replay(traces, _named_policy(n, SLOT_S), params, progress=progress, workers=os.cpu_count() or 1)
-                   .as_dict() for n in names]
+
+    def replayed(name: str) -> dict[str, Any]:
+        if name == PER_VM_SETTING or (name == "dynamic-memory" and learns):
+            return replay_per_vm_setting(traces, params, progress=progress).as_dict()
+        return replay(traces, _named_policy(name, SLOT_S), params, progress=progress,
+                      workers=os.cpu_count() or 1).as_dict()
+
+    results = [replayed(name) for name in names]
     if args.policy == "all":
         results.append(replay_oracle(traces).as_dict())
     if args.json:
@@ -267,7 +276,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(f"{part}{first['vms']} VMs, {first['vm_days']:.0f} VM-days, {first['samples']} samples "
           f"({first['missing_samples']} missing); {source}, minimum buffer {format_bytes(params.minimum_buffer)}"
           f"{', sized for the time of day' if params.time_of_day else ''}")
-    if args.policy == PER_VM_SETTING:
+    if any(r["policy"] == PER_VM_SETTING for r in results):
         print(f"{PER_VM_SETTING}: each VM's minimum buffer and scale-down window chosen each day from six, by what "
               "each would have cost on its past 14 days (the policy's own until it has 3); seconds: those days "
               "worked out, then the replay")
@@ -290,7 +299,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         params, view = spec.params(), MetricsView(spec.metrics.nameLabel, spec.metrics.namespaceLabel,
                                                   spec.metrics.matchers, parse_duration(spec.metrics.staleAfter))
         selection = selector_matchers(args.selector) if args.selector is not None else policy_matchers(spec.selector)
-        policy_words = f"policy {doc.name} from {args.policy_file}"
+        policy_words = f"policy {doc.name} from {args.policy_file}" + (
+            " (learnPerVM: with its own setting; the operator sizes a VM that has 3 days of metrics with the setting "
+            "it learnt, in the VM's dynamicmemory.io/learned-setting)" if spec.learnPerVM else "")
     else:
         params, view = Params(startup=GIB, minimum=GIB, maximum=2**62), MetricsView()
         selection = selector_matchers(args.selector or "")

@@ -88,6 +88,27 @@ def test_replay_with_time_of_day_grows_before_a_nightly_peak(tmp_path: Path) -> 
     assert "sized for the time of day" in run("replay", str(trace), "--policy-file", str(policy)).stdout
 
 
+def test_replay_of_a_policy_that_learns_learns_and_the_simulator_says_it_does_not(tmp_path: Path) -> None:
+    # 2 GiB with an hour at 6 GiB every day, for eight days: a VM that learns takes a short window
+    day = 288
+    rows = [(1, t * 300, 16, 6 if t % day in range(100, 112) else 2) for t in range(8 * day)]
+    trace = write_trace(tmp_path / "t.csv", rows)
+    policy = tmp_path / "learns.yaml"
+    policy.write_text(POLICY.replace("  bufferPercent: 20\n", "  bufferPercent: 20\n  learnPerVM: true\n"))
+    plain = json.loads(run("replay", str(trace), "--json").stdout)
+    out = run("replay", str(trace), "--policy-file", str(policy), "--json")
+    assert out.returncode == 0, out.stderr
+    learns = json.loads(out.stdout)
+    assert learns["policy"] == NAME
+    assert learns["memory_ratio"] < plain["memory_ratio"]
+    table = run("replay", str(trace), "--policy-file", str(policy), "--policy", "all").stdout
+    assert f"| {NAME} " in table and "| dynamic-memory " not in table, table
+    assert f"policy databases from {policy} (learnPerVM)" in table, table
+    out = run("simulate", "--scenario", "burst", "--policy-file", str(policy), "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "learnPerVM is not simulated: every VM keeps the policy's own minimumBuffer and scaleDown" in out.stdout
+
+
 @pytest.mark.parametrize(("args", "words"), [
     (("replay", "/nonexistent.csv"), "error: /nonexistent.csv: no such file"),
     (("replay", "/nonexistent.csv", "--days", "5:3"), "'5:3': give FROM:TO in days after the trace's first sample"),
@@ -218,3 +239,4 @@ def test_the_operator_loads_neither_the_simulator_nor_numpy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
