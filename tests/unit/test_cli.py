@@ -240,3 +240,13 @@ def test_the_operator_loads_neither_the_simulator_nor_numpy() -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
+
+def test_a_reader_that_goes_away_gets_no_traceback(tmp_path: Path) -> None:
+    """`dynamic-memory simulate … | head`: here the reader is gone before the first line."""
+    with subprocess.Popen([sys.executable, "-m", "dynamic_memory", "simulate", "--scenario", "burst", "--out",
+                           str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=300) == 141
+    assert "Traceback" not in err and "Exception ignored" not in err, err
