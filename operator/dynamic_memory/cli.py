@@ -316,7 +316,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     try:
         histories = source.history(matchers or [f'{view.name_label}!=""'], view, start, end, step)
     except PrometheusError as exc:
-        raise UserError(f"--prometheus {args.prometheus}: no answer ({exc})") from None
+        raise UserError(f"--prometheus {args.prometheus}: {exc}") from None
     where = (f"namespace {namespace}" if namespace else "all namespaces") + (
         f", VMs matching {args.selector}" if args.selector else "")
     if not histories:

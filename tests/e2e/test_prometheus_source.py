@@ -14,6 +14,7 @@ from dynamic_memory.quantity import GIB
 from dynamic_memory.sources.prometheus import (
     Group,
     MetricsView,
+    PrometheusError,
     PrometheusSettings,
     PrometheusSource,
     pass_queries,
@@ -116,10 +117,16 @@ def test_query_count_does_not_grow_with_vms(prometheus: Prometheus, guest_metric
     assert {k: seen(v) for k, v in asked.items()} == {k: seen(v) for k, v in kept.items()}  # as asking every window
 
 
-def test_prometheus_down_is_an_error_not_low_demand() -> None:
+def test_prometheus_down_is_an_error_not_low_demand_and_says_why_in_few_words() -> None:
     src = PrometheusSource(PrometheusSettings(f"http://127.0.0.1:{free_port()}", timeout_s=2))
     signals, failed = src.signals({group("x"): {"x/vm"}}, time.time())
     assert signals == {} and failed[group("x")].unreachable, failed
+    # the condition's words: the cause, not urllib3's retry report with the whole query in it
+    assert str(failed[group("x")]) == "cannot connect (Connection refused)"
+    assert src.ping() == "cannot connect (Connection refused)"
+    with pytest.raises(PrometheusError, match=r"^cannot connect \(Connection refused\)$") as raised:
+        src.history(['name="vm"'], MetricsView(), time.time() - 3600, time.time(), 60)
+    assert raised.value.unreachable
 
 
 def test_the_time_of_day_query_is_answered(prometheus: Prometheus, guest_metrics: GuestMetrics) -> None:

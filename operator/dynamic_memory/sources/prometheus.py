@@ -317,6 +317,36 @@ class PrometheusError(RuntimeError):
         """No answer at all (connection refused, timeout), rather than a query Prometheus refused."""
 
 
+def _innermost(exc: BaseException) -> BaseException:
+    """The error at the bottom of a chain: requests wraps urllib3's retry report, which wraps the
+    connection's error, which wraps the operating system's."""
+    seen = {id(exc)}
+    while True:
+        inner = getattr(exc, "reason", None) or exc.__cause__ or exc.__context__ or next(
+            (arg for arg in exc.args if isinstance(arg, BaseException)), None)
+        if not isinstance(inner, BaseException) or id(inner) in seen:
+            return exc
+        seen.add(id(inner))
+        exc = inner
+
+
+def failure(exc: Exception, timeout_s: float) -> PrometheusError:
+    """A failed request in a few words, for a status condition or an error line: a connection is
+    named by its innermost cause ("Connection refused"), not by urllib3's retry report, which
+    repeats the whole query. `unreachable`: no answer at all, rather than a query refused."""
+    import requests
+
+    if isinstance(exc, requests.exceptions.Timeout):
+        return PrometheusError(f"no answer within {timeout_s:g} s", unreachable=True)
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        root = _innermost(exc)
+        words = root.strerror if isinstance(root, OSError) and root.strerror else str(root)
+        return PrometheusError(f"cannot connect ({words})", unreachable=True)
+    if isinstance(exc, requests.exceptions.RequestException):
+        return PrometheusError(f"{type(exc).__name__}: {exc}", unreachable=True)
+    return PrometheusError(f"{type(exc).__name__}: {exc}")  # the client's own errors: Prometheus answered
+
+
 class PrometheusSource:
     """Asks Prometheus the group queries; counts what it sends (the operator exports the count)."""
 
@@ -342,15 +372,12 @@ class PrometheusSource:
 
     def _ask(self, promqls: Mapping[Any, str], view: MetricsView, now: float) -> dict[Any, dict[str, float]]:
         """Send queries side by side (Prometheus runs them in parallel); their answers by the same keys."""
-        import requests
 
         def one(promql: str) -> dict[str, float]:
             try:
                 return vector(self.client.custom_query(promql, params={"time": now}), view)
-            except requests.exceptions.RequestException as exc:
-                raise PrometheusError(f"{type(exc).__name__}: {exc}", unreachable=True) from exc
-            except Exception as exc:  # the client's own errors: Prometheus answered, and refused
-                raise PrometheusError(f"{type(exc).__name__}: {exc}") from exc
+            except Exception as exc:  # requests' and the client's own errors alike
+                raise failure(exc, self.settings.timeout_s) from exc
 
         self.queries_sent += len(promqls)
         return dict(zip(promqls, self.pool.map(one, promqls.values()), strict=True))
@@ -391,7 +418,7 @@ class PrometheusSource:
             rows = self.client.custom_query_range(hourly_query(group, names, self.settings.resolution_s),
                                                   start_time=_utc(start), end_time=_utc(end), step="3600s")
         except Exception as exc:  # requests' and the client's own errors alike
-            raise PrometheusError(f"{type(exc).__name__}: {exc}") from exc
+            raise failure(exc, self.settings.timeout_s) from exc
         finally:
             self.queries_sent += 1
         out: dict[str, list[tuple[float, float]]] = {}
@@ -407,7 +434,7 @@ class PrometheusSource:
             self.client.headers = self._headers()
             self.client.custom_query("vector(1)")
         except Exception as exc:  # requests' and the client's own errors alike
-            return f"{type(exc).__name__}: {exc}"
+            return str(failure(exc, self.settings.timeout_s))
         return None
 
     def history(self, matchers: Collection[str], view: MetricsView, start: float, end: float,
@@ -429,7 +456,7 @@ class PrometheusSource:
                                                          step=_dur(step_s))
             size_rows = self.client.custom_query(size, params={"time": end}) if sized else []
         except Exception as exc:  # requests' and the client's own errors alike
-            raise PrometheusError(f"{type(exc).__name__}: {exc}") from exc
+            raise failure(exc, self.settings.timeout_s) from exc
         self.queries_sent += 2 if sized else 1
         sizes = vector(size_rows, view)
         nodes = {key: str(item["metric"].get("node", "")) for item in size_rows
