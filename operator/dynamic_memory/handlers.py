@@ -120,7 +120,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
         start_http_server(cfg.metrics_port, registry=metrics.REGISTRY)
     problem = await asyncio.to_thread(memo.prometheus.ping)
     if problem:  # may be transient (Prometheus restarting): warn, and let every pass try again
-        logger.warning(f"Prometheus at {cfg.prometheus_url} does not answer ({problem}); until it does, every "
+        logger.warning(f"Prometheus at {cfg.prometheus_url}: {problem}; until it answers, every "
                        "VM's demand is unknown (nothing is shrunk) and policies show MetricsAvailable=False")
     logger.info(f"dynamic-memory operator started; Prometheus at {cfg.prometheus_url}")
 
