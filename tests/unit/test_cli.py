@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,16 +71,22 @@ def test_replay_of_some_days_starts_every_vm_over(tmp_path: Path) -> None:
     assert optimum["memory_ratio"] == pytest.approx(5 / 8, abs=0.01)
 
 
+def replayed_with(trace: Path, knob: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """The example policy with one more spec line (`knob`), written beside the trace, and the trace
+    replayed (JSON) by the default policy and by that one."""
+    policy = trace.with_name("knob.yaml")
+    policy.write_text(POLICY.replace("  bufferPercent: 20\n", f"  bufferPercent: 20\n  {knob}\n"))
+    plain = json.loads(run("replay", str(trace), "--json").stdout)
+    out = run("replay", str(trace), "--policy-file", str(policy), "--json")
+    assert out.returncode == 0, out.stderr
+    return policy, plain, json.loads(out.stdout)
+
+
 def test_replay_with_time_of_day_grows_before_a_nightly_peak(tmp_path: Path) -> None:
     # five days of 1 GiB used, 6 GiB from 02:00 to 03:00 every night, 8 GiB provisioned
     rows = [(1, t * 300, 8, 6 if (t * 300) % 86400 // 3600 == 2 else 1) for t in range(5 * 288)]
     trace = write_trace(tmp_path / "t.csv", rows)
-    policy = tmp_path / "daily.yaml"
-    policy.write_text(POLICY.replace("  bufferPercent: 20\n", "  bufferPercent: 20\n  timeOfDay: true\n"))
-    plain = json.loads(run("replay", str(trace), "--json").stdout)
-    out = run("replay", str(trace), "--policy-file", str(policy), "--json")
-    assert out.returncode == 0, out.stderr
-    daily = json.loads(out.stdout)
+    policy, plain, daily = replayed_with(trace, "timeOfDay: true")
     # the engine shrinks after each night's peak and is short when the next one starts; knowing the
     # nights before, it grows before the third one and later ones
     assert plain["pressure_fraction"] > 0
@@ -93,12 +100,7 @@ def test_replay_of_a_policy_that_learns_learns_and_the_simulator_says_it_does_no
     day = 288
     rows = [(1, t * 300, 16, 6 if t % day in range(100, 112) else 2) for t in range(8 * day)]
     trace = write_trace(tmp_path / "t.csv", rows)
-    policy = tmp_path / "learns.yaml"
-    policy.write_text(POLICY.replace("  bufferPercent: 20\n", "  bufferPercent: 20\n  learnPerVM: true\n"))
-    plain = json.loads(run("replay", str(trace), "--json").stdout)
-    out = run("replay", str(trace), "--policy-file", str(policy), "--json")
-    assert out.returncode == 0, out.stderr
-    learns = json.loads(out.stdout)
+    policy, plain, learns = replayed_with(trace, "learnPerVM: true")
     assert learns["policy"] == NAME
     assert learns["memory_ratio"] < plain["memory_ratio"]
     table = run("replay", str(trace), "--policy-file", str(policy), "--policy", "all").stdout
