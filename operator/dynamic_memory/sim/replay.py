@@ -219,8 +219,8 @@ def _replay_part(part: _Part) -> _Score:
     history = [DemandHistory(policy.signal_spec(params), STALE_S) for _ in traces] if setting_of is None else []
     # with `setting_of`: each VM's histories, one per statistics its settings ask, each fed every sample
     by_spec: list[dict[SignalSpec, DemandHistory]] = [{} for _ in traces] if setting_of is not None else []
+    # with `setting_of`: each VM's day, setting and history in use
     today: list[tuple[int, PolicyParams, DemandHistory] | None] = [None] * len(traces)
-    """With `setting_of`: each VM's day, setting and history in use."""
     assigned = [tr.provisioned[0] for tr in traces]
     last_grow: list[float | None] = [None] * len(traces)
     resizes: list[deque[tuple[int, Action]]] = [deque() for _ in traces]
