@@ -90,6 +90,18 @@ def test_a_change_forced_by_the_bounds_is_not_its_own() -> None:
     assert held == 2.5 * 100 + 2 * (DAY - 100)
 
 
+def test_a_day_whose_bounds_set_the_size_costs_every_candidate_its_sizes() -> None:
+    # a VM of 1 GiB or less follows its provisioned size (floor = ceiling): 1 GiB for 100 samples,
+    # then 512 MiB; usage above it at times is short of no size the bounds allow, and the move to
+    # 512 MiB is the bounds', not a candidate's
+    day = samples([0.5] * 96, [2.0 if t % 50 == 0 else 0.25 for t in range(DAY)])
+    sizes = [G] * (96 + 100) + [G // 2] * (DAY - 100)
+    candidates = [PARAMS, replace(PARAMS, minimum_buffer=G // 8),
+                  replace(PARAMS, scale_down=replace(PARAMS.scale_down, window_s=7200.0))]
+    fixed = replace(day, floor=sizes, ceiling=sizes)
+    assert costs_of_day(fixed, candidates, 900) == [(100 + 0.5 * (DAY - 100), 0, 0)] * 3
+
+
 def test_with_no_window_before_it_a_day_costs_what_the_replay_scores(tmp_path: Path) -> None:
     """Started at its provisioned size with no past, a day is the replay of that day: the same
     GiB × samples, short samples and own resizes, by the replay's own tallies."""

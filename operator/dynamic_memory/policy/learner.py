@@ -122,6 +122,10 @@ def costs_of_day(day: DaySamples, candidates: Sequence[PolicyParams], stale_s: f
     read the same statistics share them (the six read four)."""
     if day.first >= len(day.ts):
         return [(0.0, 0, 0) for _ in candidates]
+    first, floor, ceiling = day.first, day.floor, day.ceiling
+    if all(floor[i] == ceiling[i] for i in range(first, len(floor))):
+        held = _held_at_bounds(ceiling[first:])
+        return [(held, 0, 0) for _ in candidates]
     shared: dict[SignalSpec, list[DemandSignal]] = {}
     out = []
     for params in candidates:
@@ -131,6 +135,17 @@ def costs_of_day(day: DaySamples, candidates: Sequence[PolicyParams], stale_s: f
             signals = shared[spec] = _signals(day, spec, stale_s)
         out.append(_day_cost(day, signals, params))
     return out
+
+
+def _held_at_bounds(sizes: Sequence[int]) -> float:
+    """GiB × samples of a day whose bounds set the size at every sample (a VM of 1 GiB or less in
+    the replay, or one whose live bounds meet): whatever a candidate decides, the size is the bounds',
+    it is never short of a size the bounds allow and no resize is its own, so every candidate costs
+    the same and none needs its signals or `decide` (a third of the shared month's VM-days)."""
+    held = 0.0
+    for size in sizes:  # summed in the order `_day_cost` sums, to the same float
+        held += size / GIB
+    return held
 
 
 def _day_cost(day: DaySamples, signals: Sequence[DemandSignal], params: PolicyParams) -> tuple[float, int, int]:
