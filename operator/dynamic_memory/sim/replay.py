@@ -23,11 +23,14 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 
+import numpy as np
+import numpy.typing as npt
 from tqdm import tqdm
 
 from dynamic_memory.history import DemandHistory
@@ -140,17 +143,36 @@ Round = tuple[int, int]
 """A round's place in time: (slot, depth), depth counting a VM's samples that share one slot."""
 
 
+def _slots(ts: array[int], t0: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Each sample's round (slot, depth): its slot of time, and how many of the VM's samples before
+    it share that slot (a VM joins a round with at most one sample)."""
+    slot = (np.frombuffer(ts, dtype=np.int64) - t0) // SLOT_S
+    index = np.arange(len(slot))
+    starts = np.ones(len(slot), dtype=bool)
+    starts[1:] = slot[1:] != slot[:-1]
+    return slot, index - np.maximum.accumulate(np.where(starts, index, 0))
+
+
 def _rounds(traces: Sequence[VMTrace], t0: int) -> dict[Round, list[tuple[int, int]]]:
     """(vm index, sample index) grouped into rounds: one slot of time, at most one sample per VM."""
-    slots: dict[Round, list[tuple[int, int]]] = {}
+    rounds: dict[Round, list[tuple[int, int]]] = {}
     for j, tr in enumerate(traces):
-        prev_slot, depth = -1, 0
-        for i, t in enumerate(tr.ts):
-            slot = (t - t0) // SLOT_S
-            depth = depth + 1 if slot == prev_slot else 0
-            prev_slot = slot
-            slots.setdefault((slot, depth), []).append((j, i))
-    return slots
+        slot, depth = _slots(tr.ts, t0)
+        for i, key in enumerate(zip(slot.tolist(), depth.tolist(), strict=True)):
+            rounds.setdefault(key, []).append((j, i))
+    return rounds
+
+
+def _round_times(traces: Sequence[VMTrace], t0: int) -> dict[Round, int]:
+    """Each round's time: its earliest sample among all the VMs (the rounds' members are not needed:
+    the parts of a replay over several processes each group their own)."""
+    slots, depths = zip(*(_slots(tr.ts, t0) for tr in traces), strict=True)
+    slot, depth = np.concatenate(slots), np.concatenate(depths)
+    ts = np.concatenate([np.frombuffer(tr.ts, dtype=np.int64) for tr in traces])
+    order = np.lexsort((ts, depth, slot))  # by round, earliest first
+    slot, depth, ts = slot[order], depth[order], ts[order]
+    first = np.flatnonzero(np.concatenate(([True], (slot[1:] != slot[:-1]) | (depth[1:] != depth[:-1]))))
+    return dict(zip(zip(slot[first].tolist(), depth[first].tolist(), strict=True), ts[first].tolist(), strict=True))
 
 
 SettingOf = Callable[[int, int], PolicyParams]
@@ -168,15 +190,13 @@ def replay(traces: Sequence[VMTrace], policy: Policy, params: PolicyParams, *, p
     sample among all VMs, so the figures are those of one process."""
     started = time.perf_counter()
     t0 = _first_sample(traces)
-    rounds = _rounds(traces, t0)
-    nows = {k: min(traces[j].ts[i] for j, i in members) for k, members in rounds.items()}
+    nows = _round_times(traces, t0)
     workers = max(1, min(workers, len(traces)))
     if workers == 1:
-        score = _replay_part(_Part(traces, range(len(traces)), policy, params, setting_of, t0, nows, progress,
-                                   rounds))
+        score = _replay_part(_Part(traces, range(len(traces)), policy, params, setting_of, t0, nows, progress))
     else:
         parts = [_Part(traces[w::workers], range(w, len(traces), workers), policy, params, setting_of, t0, nows,
-                       progress and w == 0, None) for w in range(workers)]
+                       progress and w == 0) for w in range(workers)]
         global _parts
         _parts = parts  # the workers are forked: they find their part here instead of receiving a copy
         try:
@@ -201,8 +221,6 @@ class _Part:
     t0: int
     nows: Mapping[Round, int]
     progress: bool
-    rounds: Mapping[Round, list[tuple[int, int]]] | None
-    """The part's rounds (None: it works them out from its VMs)."""
 
 
 _parts: list[_Part] = []
@@ -226,7 +244,7 @@ def _replay_part(part: _Part) -> _Score:
     resizes: list[deque[tuple[int, Action]]] = [deque() for _ in traces]
     keys = [tr.vm for tr in traces]
     score = _Score()
-    rounds = _rounds(traces, t0) if part.rounds is None else part.rounds
+    rounds = _rounds(traces, t0)
     gc.freeze()  # millions of long-lived tuples: keep the cyclic GC from rescanning them every step
     for k in tqdm(sorted(rounds), desc=f"replay {policy.name}", unit="step", disable=not part.progress,
                   mininterval=1.0):
