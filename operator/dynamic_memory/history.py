@@ -13,7 +13,7 @@ from array import array
 from bisect import bisect_left, insort
 from collections import deque
 
-from dynamic_memory.model import DemandSignal
+from dynamic_memory.model import DemandSignal, from_fields
 from dynamic_memory.policy.engine import DailyPattern, SignalSpec
 
 
@@ -135,7 +135,7 @@ class DailyPeaks:
 class DemandHistory:
     """Everything a policy's SignalSpec needs about one guest, from its past samples."""
 
-    __slots__ = ("daily", "first", "last", "last_t", "low", "peak", "spec", "stale_s")
+    __slots__ = ("daily", "first", "last", "last_t", "low", "needed", "peak", "spec", "stale_s")
 
     def __init__(self, spec: SignalSpec, stale_s: float) -> None:
         self.spec = spec
@@ -149,6 +149,8 @@ class DemandHistory:
             self.peak = (WindowExtreme(spec.down_window_s, largest=True) if spec.down_quantile >= 1.0
                          else _WindowQuantile(spec.down_window_s, spec.down_quantile))
         self.daily = DailyPeaks(spec.daily) if spec.daily is not None else None
+        self.needed = min(spec.min_history_s, spec.down_window_s)
+        """How long the samples must span for `enough_history`."""
 
     def push(self, t: float, demand: int) -> None:
         """Record one sample of guest demand (bytes) taken at time t."""
@@ -168,8 +170,7 @@ class DemandHistory:
             return DemandSignal(None, None, False, pressure)
         latest = self.last if self.low is None else self.low.get(now)
         peak = self.last if self.peak is None else self.peak.get(now)
-        needed = min(self.spec.min_history_s, self.spec.down_window_s)
-        enough = self.first is not None and now - self.first >= needed
-        if self.daily is None:
-            return DemandSignal(latest, peak, enough, pressure)
+        enough = self.first is not None and now - self.first >= self.needed
+        if self.daily is None:  # one per VM per sample of a replay: built as the engine builds its Decisions
+            return from_fields(DemandSignal, (latest, peak, enough, pressure, None, None))
         return DemandSignal(latest, peak, enough, pressure, *self.daily.get(now))

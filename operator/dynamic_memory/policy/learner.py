@@ -19,7 +19,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from dynamic_memory.history import DemandHistory
-from dynamic_memory.model import DemandSignal, Limit, PolicyParams, VMState
+from dynamic_memory.model import DemandSignal, Limit, PolicyParams, VMState, from_fields
 from dynamic_memory.policy.engine import DynamicMemory, SignalSpec
 from dynamic_memory.policy.target import decide, fit, with_buffer
 from dynamic_memory.quantity import GIB, MIB, format_bytes
@@ -148,6 +148,12 @@ def _held_at_bounds(sizes: Sequence[int]) -> float:
     return held
 
 
+_STEADY = VMState("", "", 0, 0, 0)[9:]
+"""The fields of a shadow VM after its shrinks this hour, as VMState defaults them: not blocked, no
+change under way, 2 MiB blocks, any node. Built whole, a VMState costs 0.29 µs against 0.42 (timeit),
+and a candidate's day builds one at each sample."""
+
+
 def _day_cost(day: DaySamples, signals: Sequence[DemandSignal], params: PolicyParams) -> tuple[float, int, int]:
     """One candidate's day (see `costs_of_day`), the engine deciding at each sample from `signals`."""
     ts, usage, floor, ceiling, first = day.ts, day.usage, day.floor, day.ceiling, day.first
@@ -164,8 +170,8 @@ def _day_cost(day: DaySamples, signals: Sequence[DemandSignal], params: PolicyPa
         if resizes and resizes[0][0] <= t - HOUR_S:
             resizes = [r for r in resizes if r[0] > t - HOUR_S]
             grows = sum(grew for _, grew in resizes)
-        d = decide(VMState("shadow", "", size, lo, hi, 0, last_grow, grows, len(resizes) - grows),
-                   signals[i - first], params, t)
+        vm = from_fields(VMState, ("shadow", "", size, lo, hi, 0, last_grow, grows, len(resizes) - grows, *_STEADY))
+        d = decide(vm, signals[i - first], params, t)
         after = hi if d.target >= hi else lo if d.target <= lo else d.target
         if after != size and after == d.target and d.limited is not Limit.BOUNDS:  # not forced by the bounds
             own += 1
