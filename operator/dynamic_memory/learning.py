@@ -140,15 +140,23 @@ class Lesson:
     kept: Kept
 
 
+def _movable(state: VMState, params: PolicyParams) -> bool:
+    """False when the VM's live bounds meet (its policy's minimum and maximum, guestAtBoot and maxGuest
+    leave it one size): every candidate would hold it there, so there is nothing to learn."""
+    floor, ceiling = live_bounds(state, params)
+    return ceiling > floor
+
+
 def lessons(chosen: Sequence[tuple[PolicySpec, PolicyParams, VMState, Obj]], now: float,
             budget: int = DAYS_PER_PASS) -> list[Lesson]:
     """The VM-days to work out this pass, at most `budget`, one lesson per VM: first the day just
     ended of every VM (the newest learning matters most), then older days, newest first. A VM that
-    KubeVirt can never resize while it runs (an instancetype, ...) learns nothing it could use."""
+    KubeVirt can never resize while it runs (an instancetype, ...), or whose bounds leave it one size,
+    learns nothing it could use."""
     today = utc_day(now)
     wanting = []
     for spec, params, state, vm in chosen:
-        if spec.learnPerVM and not (state.blocked is not None and state.blocked.lasting):
+        if spec.learnPerVM and not (state.blocked is not None and state.blocked.lasting) and _movable(state, params):
             days = days_to_learn(_read(vm).days, today, CHOICE)
             if days:
                 wanting.append((spec, params, state, vm, days))

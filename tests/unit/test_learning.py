@@ -118,6 +118,16 @@ def test_a_vm_kubevirt_can_never_resize_learns_nothing() -> None:
     assert [lesson.key for lesson in lessons([typed, moving], NOW)] == ["a/m"]
 
 
+def test_a_vm_its_bounds_leave_one_size_learns_nothing() -> None:
+    """Booted at its policy's maximum (16 GiB), it can neither shrink below what it booted with nor
+    grow past the maximum while it runs: every candidate would hold it there."""
+    policy = spec("db", 5000, learnPerVM=True)
+    params = policy.params()
+    booted_big = (policy, params, VMState("a/b", "n", 16 * GIB, 16 * GIB, 64 * GIB), vm("a", "b", "db"))
+    one_below = (policy, params, VMState("a/c", "n", 15 * GIB, 15 * GIB, 64 * GIB), vm("a", "c", "db"))
+    assert [lesson.key for lesson in lessons([booted_big, one_below], NOW)] == ["a/c"]
+
+
 def test_a_day_is_worked_out_from_its_samples_and_old_days_are_dropped() -> None:
     params = spec("db", 5000, learnPerVM=True).params()
     kept = {TODAY - 20: CHEAP_FIRST, TODAY - 14: CHEAP_FIRST}
