@@ -148,8 +148,8 @@ def _held_at_bounds(sizes: Sequence[int]) -> float:
     return held
 
 
-_STEADY = VMState("", "", 0, 0, 0)[9:]
-"""The fields of a shadow VM after its shrinks this hour, as VMState defaults them: not blocked, no
+_TAIL = VMState("", "", 0, 0, 0)[9:]
+"""A shadow VM's fields after the nine `_day_cost` sets, as VMState defaults them: not blocked, no
 change under way, 2 MiB blocks, any node. Built whole, a VMState costs 0.29 µs against 0.42 (timeit),
 and a candidate's day builds one at each sample."""
 
@@ -170,7 +170,7 @@ def _day_cost(day: DaySamples, signals: Sequence[DemandSignal], params: PolicyPa
         if resizes and resizes[0][0] <= t - HOUR_S:
             resizes = [r for r in resizes if r[0] > t - HOUR_S]
             grows = sum(grew for _, grew in resizes)
-        vm = from_fields(VMState, ("shadow", "", size, lo, hi, 0, last_grow, grows, len(resizes) - grows, *_STEADY))
+        vm = from_fields(VMState, ("shadow", "", size, lo, hi, 0, last_grow, grows, len(resizes) - grows, *_TAIL))
         d = decide(vm, signals[i - first], params, t)
         after = hi if d.target >= hi else lo if d.target <= lo else d.target
         if after != size and after == d.target and d.limited is not Limit.BOUNDS:  # not forced by the bounds
