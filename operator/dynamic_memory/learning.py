@@ -4,7 +4,7 @@ Each VM's setting comes from what every candidate would have cost it on each of 
 days (policy/learner.py). A day is worked out once, after it ends, from its samples in Prometheus
 (and the window before it), and kept on the VM in an annotation: a restarted operator reads them
 back and has lost nothing; a newly selected VM has its days read back as far as Prometheus keeps
-them. A pass works out at most DAYS_PER_PASS VM-days (about 15 ms of CPU each, in a worker
+them. A pass works out at most DAYS_PER_PASS VM-days (6 to 11 ms of CPU each, in a worker
 thread), so learning never holds up the passes that resize for long: at 10,000 VMs and a pass
 every 30 s, the day just ended is done in under two hours.
 """
