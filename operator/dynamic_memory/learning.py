@@ -140,13 +140,6 @@ class Lesson:
     kept: Kept
 
 
-def _movable(state: VMState, params: PolicyParams) -> bool:
-    """False when the VM's live bounds meet (its policy's minimum and maximum, guestAtBoot and maxGuest
-    leave it one size): every candidate would hold it there, so there is nothing to learn."""
-    floor, ceiling = live_bounds(state, params)
-    return ceiling > floor
-
-
 def lessons(chosen: Sequence[tuple[PolicySpec, PolicyParams, VMState, Obj]], now: float,
             budget: int = DAYS_PER_PASS) -> list[Lesson]:
     """The VM-days to work out this pass, at most `budget`, one lesson per VM: first the day just
@@ -156,10 +149,14 @@ def lessons(chosen: Sequence[tuple[PolicySpec, PolicyParams, VMState, Obj]], now
     today = utc_day(now)
     wanting = []
     for spec, params, state, vm in chosen:
-        if spec.learnPerVM and not (state.blocked is not None and state.blocked.lasting) and _movable(state, params):
-            days = days_to_learn(_read(vm).days, today, CHOICE)
-            if days:
-                wanting.append((spec, params, state, vm, days))
+        if not spec.learnPerVM or (state.blocked is not None and state.blocked.lasting):
+            continue
+        floor, ceiling = live_bounds(state, params)
+        if ceiling <= floor:  # its bounds leave it one size: every candidate would hold it there
+            continue
+        days = days_to_learn(_read(vm).days, today, CHOICE)
+        if days:
+            wanting.append((params, state, vm, floor, ceiling, days))
     picked: dict[int, list[int]] = {}
     left = budget
     for i, (*_, days) in enumerate(wanting):
@@ -171,8 +168,7 @@ def lessons(chosen: Sequence[tuple[PolicySpec, PolicyParams, VMState, Obj]], now
             picked[i], left = older + picked.get(i, []), left - len(older)
     out = []
     for i in sorted(picked):
-        _, params, state, vm, _ = wanting[i]
-        floor, ceiling = live_bounds(state, params)
+        params, state, vm, floor, ceiling, _ = wanting[i]
         out.append(Lesson(state.key, vm, picked[i], today, params, floor, ceiling, kept_of(vm)))
     return out
 
