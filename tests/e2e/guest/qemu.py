@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from qemu.qmp import QMPClient
+from qemu.qmp import ConnectError, QMPClient
 
 from tests.e2e.prometheus import end_process
 
@@ -102,13 +102,26 @@ class QemuGuest:
 
     async def _execute(self, command: str, arguments: dict[str, object]) -> object:
         if self._qmp is None:
-            self._check_alive()
-            qmp = QMPClient(self.name)
-            await qmp.connect(str(self.dir / "qmp.sock"))
+            qmp = await self._connect_monitor(timeout_s=20)
             await qmp.execute("qom-set", {"path": BALLOON, "property": "guest-stats-polling-interval",
                                           "value": STATS_PERIOD_S})
             self._qmp = qmp
         return await self._qmp.execute(command, arguments)
+
+    async def _connect_monitor(self, timeout_s: float) -> QMPClient:
+        """QEMU opens its monitor socket a moment after it starts (seconds on a loaded machine):
+        until then connecting finds no socket, so try again while QEMU runs."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._check_alive()
+            qmp = QMPClient(self.name)
+            try:
+                await qmp.connect(str(self.dir / "qmp.sock"))
+                return qmp
+            except ConnectError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
 
     def request(self, guest: int) -> None:
         """Ask virtio-mem for a guest of this size: plugs or unplugs what lies above the boot memory."""
