@@ -34,7 +34,7 @@ from dynamic_memory.policy.learner import (
     utc_day,
 )
 from dynamic_memory.policy.target import live_bounds
-from dynamic_memory.sources.kubevirt import LEARNED, _get, learned_costs
+from dynamic_memory.sources.kubevirt import LEARNED, _get, learned_costs, parse_time
 
 Obj = Mapping[str, Any]
 Kept = Mapping[int, Sequence[Sequence[float]]]
@@ -145,7 +145,8 @@ def lessons(chosen: Sequence[tuple[PolicySpec, PolicyParams, VMState, Obj]], now
     """The VM-days to work out this pass, at most `budget`, one lesson per VM: first the day just
     ended of every VM (the newest learning matters most), then older days, newest first. A VM that
     KubeVirt can never resize while it runs (an instancetype, ...), or whose bounds leave it one size,
-    learns nothing it could use."""
+    learns nothing it could use; nor does a VM learn the days before it was created (they hold
+    none of its samples: written, they would be a patch of empty days on every new VM)."""
     today = utc_day(now)
     wanting = []
     for spec, params, state, vm in chosen:
@@ -154,7 +155,8 @@ def lessons(chosen: Sequence[tuple[PolicySpec, PolicyParams, VMState, Obj]], now
         floor, ceiling = live_bounds(state, params)
         if ceiling <= floor:  # its bounds leave it one size: every candidate would hold it there
             continue
-        days = days_to_learn(_read(vm).days, today, CHOICE)
+        born = parse_time(_get(vm, "metadata", "creationTimestamp"))
+        days = days_to_learn(_read(vm).days, today, CHOICE, None if born is None else utc_day(born))
         if days:
             wanting.append((params, state, vm, floor, ceiling, days))
     picked: dict[int, list[int]] = {}

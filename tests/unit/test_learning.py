@@ -108,6 +108,22 @@ def test_a_pass_learns_the_day_just_ended_of_every_vm_before_older_days() -> Non
     assert lessons([up_to_date, other], NOW) == []
 
 
+def test_a_vm_learns_no_day_before_it_was_created() -> None:
+    """Prometheus holds none of its samples from before then: a new VM gets no patch of empty days."""
+    policy = spec("db", 5000, learnPerVM=True)
+    params = policy.params()
+
+    def created(name: str, at: str) -> tuple[Any, ...]:
+        out = vm("a", name, "db")
+        out["metadata"]["creationTimestamp"] = at
+        return (policy, params, state(name), out)
+
+    todo = lessons([created("old", f"{iso(TODAY - 30)}T08:00:00Z"), created("two", f"{iso(TODAY - 2)}T23:59:59Z"),
+                    created("new", f"{iso(TODAY)}T00:10:00Z")], NOW)
+    assert [(lesson.key, lesson.days) for lesson in todo] == [
+        ("a/old", [TODAY - k for k in range(14, 0, -1)]), ("a/two", [TODAY - 2, TODAY - 1])]
+
+
 def test_a_vm_kubevirt_can_never_resize_learns_nothing() -> None:
     """Its setting would never be used: no reads of its past and no annotation for it. A VM that
     is only busy for now (migrating) still learns."""

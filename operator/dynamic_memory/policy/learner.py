@@ -216,6 +216,8 @@ def kept_days(kept: Mapping[int, Sequence[Sequence[float]]], today: int, choice:
     return [[none if day is None else day[c] for day in days] for c in range(len(CANDIDATES))]
 
 
-def days_to_learn(kept: Collection[int], today: int, choice: Choice) -> list[int]:
-    """The past days `choose` reads for `today` that are not kept yet, oldest first."""
-    return [day for day in range(today - choice.days, today) if day not in kept]
+def days_to_learn(kept: Collection[int], today: int, choice: Choice, born: int | None = None) -> list[int]:
+    """The past days `choose` reads for `today` that are not kept yet, oldest first, from `born` on
+    (the day the VM was created: none before it can hold its samples; None: not known)."""
+    first = today - choice.days if born is None else max(today - choice.days, born)
+    return [day for day in range(first, today) if day not in kept]
