@@ -81,14 +81,7 @@ def cyclic_gc_paused() -> Iterator[None]:
     A pass builds a few tuples per VM and no reference cycles, yet every ~700 allocations start
     a collection, and the older generations walk the whole fleet again and again: with the
     collector on, 100,000 VMs took 2.7× as long (benchmarks/engine_scale.py). Reference counting
-    still frees everything.
-
-    After the pass its objects are moved to the oldest generation unscanned (`freeze` then
-    `unfreeze`: two list splices), where a young collection would walk them all only to find them
-    alive and acyclic: 60 ms at 100,000 VMs, 13× the 10,000's. The young objects of the rest of the
-    process go with them: cycles among those (at most a young generation's few thousand objects a
-    pass) wait for the next full collection. A caller that froze objects of its own (the replay's
-    traces) keeps them frozen: its passes are left to the young collections.
+    still frees everything; cycles made elsewhere meanwhile are collected after.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -96,9 +89,6 @@ def cyclic_gc_paused() -> Iterator[None]:
         yield
     finally:
         if was_enabled:
-            if not gc.get_freeze_count():
-                gc.freeze()
-                gc.unfreeze()
             gc.enable()
 
 
