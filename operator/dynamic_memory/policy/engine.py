@@ -82,25 +82,12 @@ def cyclic_gc_paused() -> Iterator[None]:
     a collection, and the older generations walk the whole fleet again and again: with the
     collector on, 100,000 VMs took 2.7× as long (benchmarks/engine_scale.py). Reference counting
     still frees everything; cycles made elsewhere meanwhile are collected after.
-
-    Its objects outlive it, though, and the first young collection after it would walk them all,
-    alive and acyclic (60 ms at 100,000 VMs, 13× the 10,000's). So the young generations are
-    collected first (they are small: the rest of the process's cycles go the usual way) and, after
-    the pass, what they hold, the pass's objects, is moved to the oldest generation unscanned
-    (`freeze` then `unfreeze`). A caller that froze objects of its own (the replay's traces) keeps
-    them frozen, and its passes are left to the young collections.
     """
     was_enabled = gc.isenabled()
-    promote = was_enabled and not gc.get_freeze_count()
-    if promote:
-        gc.collect(1)
     gc.disable()
     try:
         yield
     finally:
-        if promote:
-            gc.freeze()
-            gc.unfreeze()
         if was_enabled:
             gc.enable()
 
