@@ -28,7 +28,7 @@ from dynamic_memory.actuators.kubevirt import learned_patch
 from dynamic_memory.api import GROUP, PLURAL, VERSION, PolicySpec, validation_errors
 from dynamic_memory.config import OperatorConfig
 from dynamic_memory.errors import UserError
-from dynamic_memory.learning import STEP_S, Lesson, keep_reads, learn, lessons, setting_note, window
+from dynamic_memory.learning import STEP_S, Lesson, keep_reads, learn, lessons, no_samples, setting_note, window
 from dynamic_memory.model import Limit, Mode, NodeState, VMHistory
 from dynamic_memory.quantity import format_bytes, parse_duration
 from dynamic_memory.reconcile import (
@@ -384,15 +384,21 @@ async def _learn(memo: kopf.Memo, logger: kopf.Logger, plan: Plan, snapshot: Sna
             continue
 
         def work(batch: list[Lesson] = batch, found: Mapping[str, VMHistory] = found,
-                 stale_s: float = view.stale_s) -> list[Intent]:
-            out = []
+                 stale_s: float = view.stale_s) -> tuple[list[Intent], list[Lesson]]:
+            out, empty = [], []
             for lesson in batch:
                 kept = learn(lesson, found[lesson.key].demand if lesson.key in found else (), stale_s)
+                if kept is None:
+                    empty.append(lesson)
+                    continue
                 out.append(Intent(Kind.LEARNED, lesson.vm, learned_patch(kept, setting_note(lesson.params, kept,
                                                                                              lesson.today))))
-            return out
+            return out, empty
 
-        for intent in await asyncio.to_thread(work):
+        intents, empty = await asyncio.to_thread(work)
+        for lesson in empty:
+            no_samples(lesson)
+        for intent in intents:
             await _send(memo, logger, intent)
 
 

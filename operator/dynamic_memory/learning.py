@@ -12,7 +12,7 @@ every 30 s, the day just ended is done in under two hours.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -66,6 +66,8 @@ class _Read:
     days: frozenset[int]
     picks: dict[tuple[PolicyParams, int], int]
     """(policy's params, today) → the candidate `choose` took."""
+    empty: set[int] = field(default_factory=set)
+    """Days Prometheus held no sample of, kept here rather than written on the VM (`no_samples`)."""
 
 
 _READS: dict[str, _Read] = {}
@@ -79,6 +81,13 @@ def _read(vm: Obj) -> _Read:
     if read is None or read.text != text:
         read = _READS[key] = _Read(text, frozenset(kept_of(vm)), {})
     return read
+
+
+def no_samples(lesson: Lesson) -> None:
+    """Remember that none of the lesson's days had a sample, on a VM that has learnt nothing (one
+    older than its Prometheus, or one that shows no guest metrics): they are not asked again, and
+    nothing is written on the VM for them. Kept in memory only: a restarted operator asks once more."""
+    _read(lesson.vm).empty.update(lesson.days)
 
 
 def keep_reads(keys: Collection[str]) -> None:
@@ -156,7 +165,9 @@ def lessons(chosen: Sequence[tuple[PolicySpec, PolicyParams, VMState, Obj]], now
         if ceiling <= floor:  # its bounds leave it one size: every candidate would hold it there
             continue
         born = parse_time(_get(vm, "metadata", "creationTimestamp"))
-        days = days_to_learn(_read(vm).days, today, CHOICE, None if born is None else utc_day(born))
+        read = _read(vm)
+        days = days_to_learn(read.days | read.empty if read.empty else read.days, today, CHOICE,
+                             None if born is None else utc_day(born))
         if days:
             wanting.append((params, state, vm, floor, ceiling, days))
     picked: dict[int, list[int]] = {}
@@ -182,11 +193,13 @@ def window(lessons_: Sequence[Lesson]) -> tuple[float, float]:
     return first * DAY_S - LOOKBACK_S, (last + 1) * DAY_S
 
 
-def learn(lesson: Lesson, samples: Sequence[tuple[float, int]], stale_s: float) -> Kept:
+def learn(lesson: Lesson, samples: Sequence[tuple[float, int]], stale_s: float) -> Kept | None:
     """The VM's kept days with the lesson's worked out from its demand samples (oldest first, STEP_S
     apart; a day with none costs nothing, and does not count towards the days a VM needs), and
-    those older than the choice reads dropped. `stale_s` is the policy's: a sample goes stale no
-    sooner than three steps on (a live pass reads samples seconds apart, these are minutes)."""
+    those older than the choice reads dropped; None when neither the lesson's days nor those kept
+    have a sample (nothing learnt, before or now, is worth a write: `no_samples`). `stale_s` is the
+    policy's: a sample goes stale no sooner than three steps on (a live pass reads samples seconds
+    apart, these are minutes)."""
     stale_s = max(stale_s, 3 * STEP_S)
     ts = [t for t, _ in samples]
     usage = [d for _, d in samples]
@@ -196,4 +209,4 @@ def learn(lesson: Lesson, samples: Sequence[tuple[float, int]], stale_s: float) 
         found = day_of(ts, usage, floor, ceiling, day * DAY_S)
         kept[day] = ([[0.0, 0.0, 0.0] for _ in CANDIDATES] if found is None else
                      [list(map(float, cost)) for cost in costs_of_day(found, _candidates(lesson.params)[0], stale_s)])
-    return kept
+    return kept if any(costs[0][0] > 0 for costs in kept.values()) else None  # a day with metrics, as `choose`

@@ -151,6 +151,7 @@ def test_a_day_is_worked_out_from_its_samples_and_old_days_are_dropped() -> None
     # 3 GiB used every 5 minutes the day before yesterday and yesterday; nothing before
     samples = [(float(t), 3 * GIB) for t in range((TODAY - 2) * DAY, TODAY * DAY, 300)]
     out = learn(lesson, samples, 900.0)
+    assert out is not None
     assert sorted(out) == [TODAY - 14, TODAY - 3, TODAY - 1]  # 20 days ago is beyond what the choice reads
     assert out[TODAY - 14] == CHEAP_FIRST
     assert out[TODAY - 3] == [[0.0, 0.0, 0.0]] * 6  # no sample: a day that costs nothing
@@ -159,6 +160,28 @@ def test_a_day_is_worked_out_from_its_samples_and_old_days_are_dropped() -> None
     # 3688 MiB in 2 MiB blocks; the others' buffers are their minimum (1, 1, 2, 4 GiB)
     assert out[TODAY - 1] == [[3688 / 1024 * 288, 0.0, 0.0]] * 2 + [[4.0 * 288, 0.0, 0.0]] * 2 + [
         [5.0 * 288, 0.0, 0.0], [7.0 * 288, 0.0, 0.0]]
+
+
+def test_days_without_a_sample_are_remembered_not_written() -> None:
+    """A VM older than its Prometheus, or one that shows no guest metrics: its empty days are not
+    asked again, and its annotation is not written for them."""
+    policy = spec("db", 5000, learnPerVM=True)
+    params = policy.params()
+    chosen = [(policy, params, state("quiet"), vm("a", "quiet", "db"))]
+    first = lessons(chosen, NOW)
+    assert [lesson.days for lesson in first] == [[TODAY - k for k in range(14, 0, -1)]]
+    assert learn(first[0], [], 900.0) is None
+    learning.no_samples(first[0])
+    assert lessons(chosen, NOW) == []
+    assert lessons(chosen, NOW + DAY)[0].days == [TODAY]  # the next day is asked when it ends
+    # a sample on one day of a lesson: every day of it is written, the empty ones as costing nothing
+    one = [(float((TODAY - 1) * DAY + 600), 3 * GIB)]
+    kept = learn(first[0], one, 900.0)
+    assert kept is not None and sorted(kept) == first[0].days and kept[TODAY - 2] == [[0.0, 0.0, 0.0]] * 6
+    # no sample now, but a day with metrics kept: written, with the setting in use and its words
+    restored = Lesson("a/back", vm("a", "back", "db"), [TODAY - 1], TODAY, params, 2 * GIB, 16 * GIB,
+                      {TODAY - 2: CHEAP_FIRST})
+    assert learn(restored, [], 900.0) == {TODAY - 2: CHEAP_FIRST, TODAY - 1: [[0.0, 0.0, 0.0]] * 6}
 
 
 def test_learnt_vms_are_queried_with_their_own_windows_and_sized_with_their_setting() -> None:
