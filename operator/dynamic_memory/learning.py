@@ -63,6 +63,10 @@ class _Read:
     costs of a VM are about ten times its text)."""
 
     text: str
+    created: str
+    """The VM's creationTimestamp as written: a VM deleted and made again is read afresh."""
+    born: int | None
+    """The UTC day it was created (None: not known): no day before it holds its samples."""
     days: frozenset[int]
     picks: dict[tuple[PolicyParams, int], int]
     """(policy's params, today) → the candidate `choose` took."""
@@ -76,10 +80,11 @@ _READS: dict[str, _Read] = {}
 
 def _read(vm: Obj) -> _Read:
     key = f"{_get(vm, 'metadata', 'namespace')}/{_get(vm, 'metadata', 'name')}"
-    text = _text(vm)
+    text, created = _text(vm), str(_get(vm, "metadata", "creationTimestamp") or "")
     read = _READS.get(key)
-    if read is None or read.text != text:
-        read = _READS[key] = _Read(text, frozenset(kept_of(vm)), {})
+    if read is None or read.text != text or read.created != created:
+        born = parse_time(created)
+        read = _READS[key] = _Read(text, created, None if born is None else utc_day(born), frozenset(kept_of(vm)), {})
     return read
 
 
@@ -164,10 +169,8 @@ def lessons(chosen: Sequence[tuple[PolicySpec, PolicyParams, VMState, Obj]], now
         floor, ceiling = live_bounds(state, params)
         if ceiling <= floor:  # its bounds leave it one size: every candidate would hold it there
             continue
-        born = parse_time(_get(vm, "metadata", "creationTimestamp"))
         read = _read(vm)
-        days = days_to_learn(read.days | read.empty if read.empty else read.days, today, CHOICE,
-                             None if born is None else utc_day(born))
+        days = days_to_learn(read.days | read.empty, today, CHOICE, read.born)
         if days:
             wanting.append((params, state, vm, floor, ceiling, days))
     picked: dict[int, list[int]] = {}
