@@ -133,12 +133,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _print_scenario(report: dict[str, Any], out_dir: Path) -> None:
-    from dynamic_memory.sim.report import table, warning_lines
+    from dynamic_memory.sim.report import table, warning_lines, weight_table
 
     print(f"\n## {report['scenario']}: {report['description']}")
     print(table(report["policies"]))
     for line in warning_lines(report["policies"]):
         print(line)
+    by_weight = weight_table(report["policies"])
+    if by_weight:
+        print("\nshort of memory, by weight (the share of the time each weight's VMs were short):")
+        print(by_weight)
     decisions = report["decisions"]
     if decisions:
         print("\nfirst decisions of dynamic-memory:")

@@ -202,6 +202,22 @@ def test_simulate_writes_plot_and_report(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "burst.json").read_text())
     assert [row["policy"] for row in report["policies"]] == ["dynamic-memory", "static", "hyperv", "proxmox", "vpa"]
     assert "| dynamic-memory" in out.stdout
+    assert "by weight" not in out.stdout  # one weight: nothing to tell apart
+
+
+def test_simulate_of_a_short_pool_tells_the_shortage_by_weight(tmp_path: Path) -> None:
+    out = run("simulate", "--scenario", "small-node", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    at = lines.index("short of memory, by weight (the share of the time each weight's VMs were short):")
+    assert lines[at + 1].split("|")[1:-1] == [" policy         ", " weight 9000 ", " weight 5000 ", " weight 1000 "]
+    static = next(line for line in lines[at:] if line.startswith("| static"))
+    assert static.split("|")[2:-1] == ["      0.0000 ", "      0.0000 ", "      0.0000 "]
+    report = json.loads((tmp_path / "small-node.json").read_text())
+    ours = report["policies"][0]
+    row = next(line for line in lines[at:] if line.startswith("| dynamic-memory"))
+    assert [float(cell) for cell in row.split("|")[2:-1]] == pytest.approx(list(ours["short_by_weight"].values()),
+                                                                         abs=5e-5)
 
 
 def test_replay_of_days_the_trace_does_not_hold_says_what_it_spans(tmp_path: Path) -> None:

@@ -118,3 +118,28 @@ def test_trace_scenario_follows_the_traces_sampling(tmp_path: Path) -> None:
     assert (sc.step_s, sc.stale_s) == (600, 1800)
     result = run_all(sc, [DynamicMemory()])["dynamic-memory"]
     assert result.fresh_signals > 0 and result.resizes > 0 and not result.warnings()
+
+
+def test_the_report_says_whom_a_short_pool_left_short() -> None:
+    sc = small_node()
+    results = run_all(sc, [p for p in policies(sc.step_s) if p.name in ("dynamic-memory", "static", "vpa")])
+    rows = {row["policy"]: row for row in summarise(sc, results)["policies"]}
+    for name, row in rows.items():
+        tl = results[name].timeline
+        by_weight = row["short_by_weight"]
+        assert list(by_weight) == ["9000", "5000", "1000"]  # heaviest first
+        for weight, metal in (("9000", "gold"), ("5000", "silver"), ("1000", "bronze")):
+            short = sum(d > a for vm in (f"vm-{metal}-1", f"vm-{metal}-2")
+                        for d, a in zip(tl.demand[vm], tl.assigned[vm], strict=True))
+            assert by_weight[weight] == pytest.approx(short / (2 * len(tl.t)), abs=1e-5)
+        # two VMs of each weight: the table's pressure is the mean of the three
+        assert sum(by_weight.values()) / 3 == pytest.approx(row["pressure_fraction"], abs=1e-4)
+    assert set(rows["static"]["short_by_weight"].values()) == {0.0}
+    ours = rows["dynamic-memory"]["short_by_weight"]
+    assert ours["9000"] < ours["5000"] < ours["1000"]
+
+
+def test_a_scenario_of_one_weight_has_no_weight_figures() -> None:
+    sc = burst()
+    report = summarise(sc, run_all(sc, [DynamicMemory()]))
+    assert "short_by_weight" not in report["policies"][0]

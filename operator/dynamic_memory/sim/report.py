@@ -34,7 +34,10 @@ def summarise(scenario: Scenario, results: Mapping[str, SimResult]) -> dict[str,
     """The JSON report: per-policy figures plus our engine's first decisions in words."""
     static_bytes = sum(vm.provisioned for vm in scenario.vms)
     days = scenario.duration_s / DAY
-    rows = [r.summary(len(scenario.vms), days, static_bytes) for r in results.values()]
+    rows: list[dict[str, Any]] = [r.summary(len(scenario.vms), days, static_bytes) for r in results.values()]
+    if len({vm.params.weight for vm in scenario.vms}) > 1:
+        for row, result in zip(rows, results.values(), strict=True):
+            row["short_by_weight"] = short_by_weight(scenario, result)
     ours = results.get("dynamic-memory")
     return {
         "scenario": scenario.name,
@@ -46,6 +49,31 @@ def summarise(scenario: Scenario, results: Mapping[str, SimResult]) -> dict[str,
         "decisions": ours.reasons[:40] if ours else [],
         "violations": {name: r.violations[:10] for name, r in results.items() if r.violations},
     }
+
+
+def short_by_weight(scenario: Scenario, result: SimResult) -> dict[str, float]:
+    """The share of the time each weight's VMs were short of memory, heaviest first.
+
+    The table's pressure is one figure for every VM; in a pool too small for its VMs, what an
+    administrator asks is whom the shortage fell on (Hyper-V's weight: the heavier served first)."""
+    tl = result.timeline
+    steps: dict[int, list[int]] = {}
+    for vm in scenario.vms:
+        short = sum(d > a for d, a in zip(tl.demand[vm.name], tl.assigned[vm.name], strict=True))
+        counted = steps.setdefault(vm.params.weight, [0, 0])
+        counted[0] += short
+        counted[1] += len(tl.t)
+    return {str(w): round(short / max(total, 1), 5) for w, (short, total) in sorted(steps.items(), reverse=True)}
+
+
+def weight_table(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """`short_by_weight` of each policy as a table (None for a scenario of one weight)."""
+    weighted = [row for row in rows if "short_by_weight" in row]
+    if not weighted:
+        return None
+    weights = list(weighted[0]["short_by_weight"])
+    cells = [{"policy": row["policy"], **{f"w{w}": row["short_by_weight"][w] for w in weights}} for row in weighted]
+    return table(cells, [("policy", "policy", "{}"), *((f"w{w}", f"weight {w}", "{:.4f}") for w in weights)])
 
 
 COLUMNS = [("policy", "policy", "{}"), ("mean_assigned_gib", "mean GiB", "{:.2f}"),
