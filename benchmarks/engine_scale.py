@@ -94,7 +94,7 @@ def child_pass() -> None:
 
 def allocator_passes(processes: int, rounds: int) -> dict[str, list[float]]:
     """The 10k pass on Python's allocator and on the operator image's (deploy/Dockerfile: jemalloc
-    for every allocation, one arena, no thread caches, pages handed back at once, chosen for the
+    for every allocation, one arena, small thread caches, pages handed back at once, chosen for the
     resident memory of a 1,000-VM operator): a fresh process each, the two taking turns."""
     out: dict[str, list[float]] = {"pymalloc": [], "image": []}
     for _ in range(processes):
@@ -152,7 +152,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     by_allocator = allocator_passes(2 if quick else 3, 7 if quick else 15)
     result["allocators_10k_ms"] = by_allocator
     say("engine: the 10k pass in fresh processes taking turns, medians: on Python's allocator "
-        f"{', '.join(f'{t:.1f}' for t in by_allocator['pymalloc'])} ms; on the operator image's (jemalloc, no "
-        f"thread caches) {', '.join(f'{t:.1f}' for t in by_allocator['image'])} ms")
+        f"{', '.join(f'{t:.1f}' for t in by_allocator['pymalloc'])} ms; on the operator image's (jemalloc, "
+        f"{image_allocator()['MALLOC_CONF']}) {', '.join(f'{t:.1f}' for t in by_allocator['image'])} ms")
     return result
 
