@@ -108,6 +108,10 @@ class Timeline:
     node_capacity: dict[str, list[int]] = field(default_factory=dict)
     """allocatable − reserve − other pods."""
 
+    def short_steps(self, vm: str) -> int:
+        """The steps at which this VM's demand exceeded its assigned memory (it paged or swapped)."""
+        return sum(d > a for d, a in zip(self.demand[vm], self.assigned[vm], strict=True))
+
 
 @dataclass
 class SimResult:
@@ -144,7 +148,7 @@ class SimResult:
         tl = self.timeline
         steps = len(tl.t)
         total_assigned = sum(sum(v) for v in tl.assigned.values())
-        pressured = sum(d > a for name in tl.demand for d, a in zip(tl.demand[name], tl.assigned[name], strict=True))
+        pressured = sum(tl.short_steps(name) for name in tl.demand)
         over = sum(u > c for node in tl.node_used for u, c in zip(tl.node_used[node], tl.node_capacity[node],
                                                                  strict=True))
         return {

@@ -81,7 +81,7 @@ def _per_node(ax: Axes, scenario: Scenario, result: SimResult, hours: Sequence[f
             same = " (the same on each)" if len(group) > 1 else ""
             ax.step(hours, [y / GIB for y in ys], where="post", color=shade, label=f"{', '.join(group)}: {kind}{same}",
                     **style)
-    short_vm_steps = sum(d > a for v in tl.demand for d, a in zip(tl.demand[v], tl.assigned[v], strict=True))
+    short_vm_steps = sum(tl.short_steps(v) for v in tl.demand)
     _mark_short(ax, hours, _short_steps(tl, list(tl.demand)), top, "a VM short of memory")
     share = short_vm_steps / max(1, len(tl.t) * len(tl.demand))
     over = sum(u > c for n in tl.node_used for u, c in zip(tl.node_used[n], tl.node_capacity[n], strict=True))

@@ -59,9 +59,8 @@ def short_by_weight(scenario: Scenario, result: SimResult) -> dict[str, float]:
     tl = result.timeline
     steps: dict[int, list[int]] = {}
     for vm in scenario.vms:
-        short = sum(d > a for d, a in zip(tl.demand[vm.name], tl.assigned[vm.name], strict=True))
         counted = steps.setdefault(vm.params.weight, [0, 0])
-        counted[0] += short
+        counted[0] += tl.short_steps(vm.name)
         counted[1] += len(tl.t)
     return {str(w): round(short / max(total, 1), 5) for w, (short, total) in sorted(steps.items(), reverse=True)}
 
