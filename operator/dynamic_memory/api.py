@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.config import JsonDict
 
-from dynamic_memory.model import KUBEVIRT_BLOCK, KUBEVIRT_MIN_GUEST, Mode, PolicyParams, ScaleRules
+from dynamic_memory.model import KUBEVIRT_BLOCK, KUBEVIRT_MIN_GUEST, Learn, Mode, PolicyParams, ScaleRules
 from dynamic_memory.quantity import DURATION_PATTERN, QUANTITY_PATTERN, parse_duration, parse_quantity
 
 GROUP = "dynamicmemory.io"
@@ -66,14 +66,24 @@ class SpecProblems(ValueError):
         self.problems = problems
 
 
-def _quantity(value: str) -> str:
-    parse_quantity(value)
+def _quantity(value: str | None) -> str | None:
+    if value is not None:
+        parse_quantity(value)
     return value
 
 
-def _duration(value: str) -> str:
-    parse_duration(value)
+def _duration(value: str | None) -> str | None:
+    if value is not None:
+        parse_duration(value)
     return value
+
+
+DEFAULT_MINIMUM_BUFFER = "1Gi"
+DEFAULT_DOWN_WINDOW = "8h"
+"""minimumBuffer and scaleDown.stabilizationWindow when a policy leaves them unset and its VMs do
+not learn them (learnPerVM: false, or until a VM has learnt 3 days). They are not schema defaults:
+the API server would write them into every policy, and the operator could no longer tell a value
+an administrator chose (kept for every VM) from one left to learning."""
 
 
 class LabelSelectorRequirement(_Strict):
@@ -143,8 +153,9 @@ class ScaleUp(_ScaleBase):
 class ScaleDown(_ScaleBase):
     """How cautiously a VM shrinks."""
 
-    stabilizationWindow: Duration = Field("8h", description=(
-        "The peak demand of this window is kept, and a VM shrinks no sooner than this after it last grew."))
+    stabilizationWindow: Duration | None = Field(None, description=(
+        "The peak demand of this window is kept, and a VM shrinks no sooner than this after it last grew. "
+        f"Unset: learnt per VM with learnPerVM, else {DEFAULT_DOWN_WINDOW}; set: kept for every VM."))
     minStep: Quantity = Field("1Gi", description="Smallest shrink worth a migration.")
     minHistory: Duration = Field("2h", description=(
         "A VM whose metrics span less than this (new, or metrics just started) is never shrunk; "
@@ -209,20 +220,22 @@ class PolicySpec(_Strict):
     maximum: Quantity = Field(description="Largest guest memory; set as the VM's maxGuest.")
     bufferPercent: int = Field(20, ge=5, le=2000, description=(
         "Memory kept free above demand, in percent of demand (Hyper-V's buffer, 5-2000)."))
-    minimumBuffer: Quantity = Field("1Gi", description=(
-        "The buffer is never smaller than this: guests burst in absolute sizes (a process starting)."))
+    minimumBuffer: Quantity | None = Field(None, description=(
+        "The buffer is never smaller than this: guests burst in absolute sizes (a process starting). "
+        f"Unset: learnt per VM with learnPerVM, else {DEFAULT_MINIMUM_BUFFER}; set: kept for every VM."))
     timeOfDay: bool = Field(False, description=(
         "Also size each VM for its time of day, from its hourly peaks of the last 3 days (UTC clock hours, "
         "read from Prometheus when the operator starts): never shrink below the peak it reached in the "
         "coming 6 hours on 2 of those days, and grow 15 minutes before an hour that peaked above its size "
         "on 2 of them. Best with a minimumBuffer of 512Mi (see the README's replay)."))
-    learnPerVM: bool = Field(False, description=(
+    learnPerVM: bool = Field(True, description=(
         "Size each VM with the minimumBuffer and scaleDown.stabilizationWindow that would have cost it least "
         "on its own past 14 days, of six candidates (cost: memory held, plus 800 GiB x samples for each "
-        "5-minute sample short of memory, plus 100 for each resize). The operator works out each VM's "
+        "5-minute sample short of memory, plus 100 for each resize). Only the ones this policy leaves unset "
+        "are learnt: a value set here holds for every VM. The operator works out each VM's "
         "past days from Prometheus, keeps them on the VM (annotation dynamicmemory.io/learned-costs) "
-        "and writes the setting in use (dynamicmemory.io/learned-setting); until a VM has 3 days, this "
-        "policy's own setting applies."))
+        "and writes the setting in use (dynamicmemory.io/learned-setting); until a VM has 3 days, "
+        f"minimumBuffer {DEFAULT_MINIMUM_BUFFER} and stabilizationWindow {DEFAULT_DOWN_WINDOW} apply."))
     weight: int = Field(5000, ge=0, le=10000, description=(
         "Share of a short node's memory, relative to the other VMs there (Hyper-V's weight, 0-10000)."))
     interval: Duration = Field("30s", description=(
@@ -254,20 +267,29 @@ class PolicySpec(_Strict):
             raise SpecProblems(problems)
         return self
 
+    def learns(self) -> Learn:
+        """The knobs each VM learns: with learnPerVM, those left unset here."""
+        if not self.learnPerVM:
+            return Learn.NOTHING
+        return ((Learn.MINIMUM_BUFFER if self.minimumBuffer is None else Learn.NOTHING)
+                | (Learn.DOWN_WINDOW if self.scaleDown.stabilizationWindow is None else Learn.NOTHING))
+
     def params(self) -> PolicyParams:
         """The engine's view: bytes and seconds."""
         up, down = self.scaleUp, self.scaleDown
         return PolicyParams(
             startup=parse_quantity(self.startup), minimum=parse_quantity(self.minimum),
             maximum=parse_quantity(self.maximum), buffer_percent=self.bufferPercent,
-            minimum_buffer=parse_quantity(self.minimumBuffer), time_of_day=self.timeOfDay, weight=self.weight,
+            minimum_buffer=parse_quantity(self.minimumBuffer or DEFAULT_MINIMUM_BUFFER),
+            time_of_day=self.timeOfDay, weight=self.weight,
             scale_up=ScaleRules(parse_duration(up.stabilizationWindow), parse_quantity(up.minStep),
                                 up.minStepPercent, up.maxPerHour),
-            scale_down=ScaleRules(parse_duration(down.stabilizationWindow), parse_quantity(down.minStep),
-                                  down.minStepPercent, down.maxPerHour),
+            scale_down=ScaleRules(parse_duration(down.stabilizationWindow or DEFAULT_DOWN_WINDOW),
+                                  parse_quantity(down.minStep), down.minStepPercent, down.maxPerHour),
             min_history_s=parse_duration(down.minHistory),
             mode=Mode(self.mode),
-            settle_s=parse_duration(self.metrics.staleAfter) / 2)
+            settle_s=parse_duration(self.metrics.staleAfter) / 2,
+            learn=self.learns())
 
 
 class Condition(BaseModel):

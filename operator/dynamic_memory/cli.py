@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dynamic_memory.errors import UserError
-from dynamic_memory.model import PolicyParams
+from dynamic_memory.model import Learn, PolicyParams
 from dynamic_memory.quantity import GIB, format_bytes, parse_duration
 
 if TYPE_CHECKING:
@@ -30,8 +30,6 @@ POLICY_NAMES = ("dynamic-memory", "static", "hyperv", "proxmox", "vpa")
 SCENARIO_NAMES = ("steady", "diurnal", "burst", "small-node")
 """The simulator's named scenarios (sim/scenarios.py's SCENARIOS), spelled here so that building the
 parser imports no simulator: `dynamic-memory run` would load numpy with it (11 MiB resident)."""
-PER_VM_SETTING = "per-vm-setting"  # sim.per_vm_setting.NAME, imported only when replayed
-"""Replay only, for now: each VM's setting learned daily from its past days (policy/learner.py)."""
 BUFFER_RANGE = (5, 2000)
 
 
@@ -170,10 +168,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         scenario = scenario.with_policy(doc.spec.params(), keep_sizes=args.scenario == "trace")
         print(f"policy: {doc.name} from {args.policy_file}, for every VM"
               + (" (sizes from the trace)" if args.scenario == "trace" else ""))
-        if doc.spec.learnPerVM:
-            print("learnPerVM is not simulated: every VM keeps the policy's own minimumBuffer and scaleDown."
-                  "stabilizationWindow (a VM leaves them once it has 3 days of metrics; `dynamic-memory replay "
-                  f"TRACE --policy-file {args.policy_file}` learns them)")
+        params = doc.spec.params()
+        if params.learn:
+            print(f"learnPerVM is not simulated: every VM keeps minimumBuffer {format_bytes(params.minimum_buffer)} "
+                  f"and scaleDown.stabilizationWindow {params.scale_down.window_s / 3600:g}h, as the operator does "
+                  f"until a VM has learnt 3 days (`dynamic-memory replay TRACE --policy-file {args.policy_file}` "
+                  "learns them)")
     chosen = [p for p in policies(scenario.step_s) if args.policy in (None, "all", p.name)]
     results = run_all(scenario, chosen, progress=sys.stderr.isatty())
     _print_scenario(write_report(out_dir, scenario, results), out_dir)
@@ -233,6 +233,21 @@ def cmd_optimum(traces: list[VMTrace], part: str, budget: float | None, margin: 
     return 0
 
 
+def _knobs(params: PolicyParams) -> str:
+    """The knobs a VM may learn, in the policy's words: those learnt, or the values set."""
+    buffer = ("learnt per VM" if Learn.MINIMUM_BUFFER in params.learn
+              else format_bytes(params.minimum_buffer))
+    window = ("learnt per VM" if Learn.DOWN_WINDOW in params.learn
+              else f"{params.scale_down.window_s / 3600:g}h")
+    return f"minimum buffer {buffer}, scale-down window {window}"
+
+
+def _learnt_words(params: PolicyParams) -> str:
+    """What each VM learns, in words."""
+    return " and ".join(words for flag, words in ((Learn.MINIMUM_BUFFER, "minimum buffer"),
+                                                  (Learn.DOWN_WINDOW, "scale-down window")) if flag in params.learn)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     """Replay a trace file through one policy or all of them."""
     from dynamic_memory.sim.per_vm_setting import replay_per_vm_setting
@@ -247,18 +262,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return cmd_optimum(*_load(args), args.budget, args.buffer or 0, args.json)
     doc = _policy_doc(args.policy_file)
     traces, part = _load(args)
-    learns = bool(doc and doc.spec and doc.spec.learnPerVM)  # our engine then learns, as the operator would
     if doc and doc.spec:
         params = doc.spec.params()
-        source = f"policy {doc.name} from {args.policy_file}{' (learnPerVM)' if learns else ''}"
+        source = f"policy {doc.name} from {args.policy_file}"
     else:
         params = replace(PolicyParams(startup=0, minimum=0, maximum=2**62), buffer_percent=args.buffer or 20)
         source = f"default policy, buffer {params.buffer_percent}%"
+    learns = bool(params.learn)  # our engine then learns each VM's setting, as the operator would
     names = POLICY_NAMES if args.policy == "all" else (args.policy,)
     progress = sys.stderr.isatty() and not args.json
 
     def replayed(name: str) -> dict[str, Any]:
-        if name == PER_VM_SETTING or (name == "dynamic-memory" and learns):
+        if name == "dynamic-memory" and learns:
             return replay_per_vm_setting(traces, params, progress=progress).as_dict()
         return replay(traces, _named_policy(name, SLOT_S), params, progress=progress,
                       workers=os.cpu_count() or 1).as_dict()
@@ -278,12 +293,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
                ("seconds", "seconds", "{:.1f}")]
     first = results[0]
     print(f"{part}{first['vms']} VMs, {first['vm_days']:.0f} VM-days, {first['samples']} samples "
-          f"({first['missing_samples']} missing); {source}, minimum buffer {format_bytes(params.minimum_buffer)}"
+          f"({first['missing_samples']} missing); {source}, {_knobs(params)}"
           f"{', sized for the time of day' if params.time_of_day else ''}")
-    if any(r["policy"] == PER_VM_SETTING for r in results):
-        print(f"{PER_VM_SETTING}: each VM's minimum buffer and scale-down window chosen each day from six, by what "
-              "each would have cost on its past 14 days (the policy's own until it has 3); seconds: those days "
-              "worked out, then the replay")
+    if learns and "dynamic-memory" in names:
+        print(f"dynamic-memory learns each VM's {_learnt_words(params)} daily from six candidates, by what each "
+              f"would have cost on its past 14 days ({_knobs(replace(params, learn=Learn.NOTHING))} until it has 3); "
+              "its seconds: those days worked out, then the replay")
     print(table(results, columns))
     return 0
 
@@ -304,8 +319,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                                                   spec.metrics.matchers, parse_duration(spec.metrics.staleAfter))
         selection = selector_matchers(args.selector) if args.selector is not None else policy_matchers(spec.selector)
         policy_words = f"policy {doc.name} from {args.policy_file}" + (
-            " (learnPerVM: with its own setting; the operator sizes a VM that has 3 days of metrics with the setting "
-            "it learnt, in the VM's dynamicmemory.io/learned-setting)" if spec.learnPerVM else "")
+            f" (learnPerVM: with {_knobs(replace(params, learn=Learn.NOTHING))}; the operator sizes a VM that has "
+            f"3 days of metrics with the {_learnt_words(params)} it learnt, in the VM's "
+            "dynamicmemory.io/learned-setting)" if params.learn else "")
     else:
         params, view = Params(startup=GIB, minimum=GIB, maximum=2**62), MetricsView()
         selection = selector_matchers(args.selector or "")
@@ -436,10 +452,10 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("replay", help="replay a trace file (shared format) and score the policy")
     r.add_argument("trace", help="trace file: columns vm, timestamp_s, memory_provisioned_kib, memory_usage_kib")
-    r.add_argument("--policy", choices=[*POLICY_NAMES, "all", "optimum", PER_VM_SETTING], default="dynamic-memory",
+    r.add_argument("--policy", choices=[*POLICY_NAMES, "all", "optimum"], default="dynamic-memory",
                    help="optimum: the least memory any policy could assign knowing the future (a reference line); "
-                        f"{PER_VM_SETTING}: the engine with each VM's minimum buffer and scale-down window chosen "
-                        "daily from six, by what each would have cost on its past 14 days (the operator's learnPerVM)")
+                        "dynamic-memory learns each VM's minimum buffer and scale-down window as the operator does "
+                        "(learnPerVM), unless --policy-file turns that off or sets them")
     r.add_argument("--budget", type=BUDGET, metavar="R",
                    help="with --policy optimum: own resizes per VM-day it may make (default: a frontier of budgets)")
     knobs = r.add_mutually_exclusive_group()

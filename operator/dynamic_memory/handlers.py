@@ -362,12 +362,12 @@ async def _learn(memo: kopf.Memo, logger: kopf.Logger, plan: Plan, snapshot: Sna
     chosen, view_of = [], {}
     for key, result in plan.passes.items():
         spec = snapshot.policies[key]
-        if spec.learnPerVM:
-            params = spec.params()
+        params = spec.params()
+        if params.learn:
             view = metrics_group(params, spec)[1]
             for entry in result.entries:
                 ns, name = entry.vm.key.split("/", 1)
-                chosen.append((spec, params, entry.vm, snapshot.vms[ns][name]))
+                chosen.append((params, entry.vm, snapshot.vms[ns][name]))
                 view_of[entry.vm.key] = view
     keep_reads(view_of)
     todo = lessons(chosen, now)

@@ -1,4 +1,4 @@
-"""What the operator learns, each pass, for policies with learnPerVM: pure, no kopf, no I/O.
+"""What the operator learns, each pass, for policies with learnPerVM (the default): pure, no kopf, no I/O.
 
 Each VM's setting comes from what every candidate would have cost it on each of its past 14 UTC
 days (policy/learner.py). A day is worked out once, after it ends, from its samples in Prometheus
@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from dynamic_memory.api import PolicySpec
 from dynamic_memory.model import PolicyParams, VMState
 from dynamic_memory.policy.learner import (
     CANDIDATES,
@@ -114,10 +113,10 @@ def _choice(kept: Kept, params: PolicyParams, today: int) -> int:
     return choose(kept_days(kept, today, CHOICE), _candidates(params)[1], CHOICE)
 
 
-def learnt(spec: PolicySpec, params: PolicyParams, vm: Obj, now: float) -> PolicyParams | None:
+def learnt(params: PolicyParams, vm: Obj, now: float) -> PolicyParams | None:
     """The setting the VM is sized with today when its policy learns and the VM has enough days
     kept; None: the policy's own."""
-    if not spec.learnPerVM:
+    if not params.learn:
         return None
     candidates, own = _candidates(params)
     read, today = _read(vm), utc_day(now)
@@ -154,7 +153,7 @@ class Lesson:
     kept: Kept
 
 
-def lessons(chosen: Sequence[tuple[PolicySpec, PolicyParams, VMState, Obj]], now: float,
+def lessons(chosen: Sequence[tuple[PolicyParams, VMState, Obj]], now: float,
             budget: int = DAYS_PER_PASS) -> list[Lesson]:
     """The VM-days to work out this pass, at most `budget`, one lesson per VM: first the day just
     ended of every VM (the newest learning matters most), then older days, newest first. A VM that
@@ -163,8 +162,8 @@ def lessons(chosen: Sequence[tuple[PolicySpec, PolicyParams, VMState, Obj]], now
     none of its samples: written, they would be a patch of empty days on every new VM)."""
     today = utc_day(now)
     wanting = []
-    for spec, params, state, vm in chosen:
-        if not spec.learnPerVM or (state.blocked is not None and state.blocked.lasting):
+    for params, state, vm in chosen:
+        if not params.learn or (state.blocked is not None and state.blocked.lasting):
             continue
         floor, ceiling = live_bounds(state, params)
         if ceiling <= floor:  # its bounds leave it one size: every candidate would hold it there

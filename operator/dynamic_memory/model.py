@@ -10,7 +10,7 @@ from __future__ import annotations
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum, StrEnum
+from enum import Enum, Flag, StrEnum, auto
 from types import MappingProxyType
 from typing import NamedTuple
 
@@ -69,6 +69,16 @@ class Blocker(Enum):
         self.lasting = lasting
 
 
+class Learn(Flag):
+    """Which knobs each VM learns from its own past days (learnPerVM): those its policy leaves unset,
+    so that a value an administrator wrote is never overridden."""
+
+    NOTHING = 0
+    MINIMUM_BUFFER = auto()
+    DOWN_WINDOW = auto()
+    BOTH = MINIMUM_BUFFER | DOWN_WINDOW
+
+
 class Action(StrEnum):
     """What a decision does to a VM's memory."""
 
@@ -119,6 +129,9 @@ class PolicyParams:
     """After a resize completes, a guest's metrics take up to a scrape interval to show its new size:
     pressure sampled in that time is from before the resize (half of metrics.staleAfter, which is
     at least twice the scrape interval)."""
+    learn: Learn = Learn.BOTH
+    """What each VM learns (policy/learner.py); the rest of its knobs are the policy's for every VM.
+    The engine's `decide` never reads it."""
 
 
 class Toleration(NamedTuple):

@@ -113,13 +113,12 @@ def learned_params(snapshot: Snapshot, running: Mapping[str, Sequence[str]], now
     one (the others are sized with their policy's)."""
     out = {}
     for key, vms in running.items():
-        spec = snapshot.policies[key]
-        if not spec.learnPerVM:
+        params = snapshot.policies[key].params()
+        if not params.learn:
             continue
-        params = spec.params()
         for vm_key in vms:
             ns, name = vm_key.split("/", 1)
-            chosen = learnt(spec, params, snapshot.vms[ns][name], now)
+            chosen = learnt(params, snapshot.vms[ns][name], now)
             if chosen is not None:
                 out[vm_key] = chosen
     return out

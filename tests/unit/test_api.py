@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from dynamic_memory.api import LabelSelector, PolicySpec, validation_errors
-from dynamic_memory.model import Mode
+from dynamic_memory.model import Learn, Mode
 from dynamic_memory.quantity import GIB, MIB
 
 VALID: dict[str, Any] = {"selector": {"matchLabels": {"app": "db"}}, "startup": "2Gi", "maximum": "16Gi"}
@@ -22,6 +22,22 @@ def test_defaults_are_hyperv_like() -> None:
     assert (p.scale_down.window_s, p.scale_down.min_step, p.scale_down.max_per_hour) == (8 * 3600, GIB, 1)
     assert p.mode is Mode.AUTO
 
+
+
+@pytest.mark.parametrize(("change", "learns"), [
+    ({}, Learn.MINIMUM_BUFFER | Learn.DOWN_WINDOW),
+    ({"minimumBuffer": "1Gi"}, Learn.DOWN_WINDOW),  # written, even at the value a VM starts from: kept
+    ({"scaleDown": {"stabilizationWindow": "8h"}}, Learn.MINIMUM_BUFFER),
+    ({"scaleDown": {"minStep": "2Gi"}}, Learn.MINIMUM_BUFFER | Learn.DOWN_WINDOW),
+    ({"minimumBuffer": "512Mi", "scaleDown": {"stabilizationWindow": "4h"}}, Learn.NOTHING),
+    ({"learnPerVM": False}, Learn.NOTHING),
+])
+def test_each_vm_learns_only_the_knobs_its_policy_leaves_unset(change: dict[str, Any], learns: Learn) -> None:
+    p = PolicySpec.model_validate({**VALID, **change}).params()
+    assert p.learn == learns
+    # what a VM starts from (and keeps, when it does not learn): the value written, or 1Gi and 8h
+    assert p.minimum_buffer == {"512Mi": 512 * MIB}.get(change.get("minimumBuffer", ""), GIB)
+    assert p.scale_down.window_s == 3600 * {"4h": 4}.get(change.get("scaleDown", {}).get("stabilizationWindow", ""), 8)
 
 @pytest.mark.parametrize(("change", "field", "words"), [
     ({"minimum": "4Gi"}, "spec.minimum", "4Gi must not be larger than startup 2Gi"),

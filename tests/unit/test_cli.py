@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from dynamic_memory.sim.per_vm_setting import NAME
 from tests.unit.test_replay import write_trace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,13 +44,6 @@ def test_replay_all_policies_prints_a_table(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     for name in ("dynamic-memory", "static", "hyperv", "proxmox", "vpa", "oracle"):
         assert f"| {name}" in out.stdout
-
-
-def test_replay_of_the_per_vm_setting_prototype_prints_its_row(tmp_path: Path) -> None:
-    trace = write_trace(tmp_path / "t.csv", [(1, t * 300, 8, 1 + t % 4) for t in range(300)])
-    out = run("replay", str(trace), "--policy", NAME)  # the command line spells it without importing it
-    assert out.returncode == 0, out.stderr
-    assert f"| {NAME} " in out.stdout
 
 
 def test_replay_of_some_days_starts_every_vm_over(tmp_path: Path) -> None:
@@ -95,20 +87,31 @@ def test_replay_with_time_of_day_grows_before_a_nightly_peak(tmp_path: Path) -> 
     assert "sized for the time of day" in run("replay", str(trace), "--policy-file", str(policy)).stdout
 
 
-def test_replay_of_a_policy_that_learns_learns_and_the_simulator_says_it_does_not(tmp_path: Path) -> None:
+def test_the_replay_learns_what_a_policy_leaves_unset_and_the_simulator_says_it_does_not(tmp_path: Path) -> None:
     # 2 GiB with an hour at 6 GiB every day, for eight days: a VM that learns takes a short window
     day = 288
     rows = [(1, t * 300, 16, 6 if t % day in range(100, 112) else 2) for t in range(8 * day)]
     trace = write_trace(tmp_path / "t.csv", rows)
-    policy, plain, learns = replayed_with(trace, "learnPerVM: true")
-    assert learns["policy"] == NAME
-    assert learns["memory_ratio"] < plain["memory_ratio"]
+    policy, learns, fixed = replayed_with(trace, "learnPerVM: false")
+    assert learns["policy"] == fixed["policy"] == "dynamic-memory"
+    assert learns["memory_ratio"] < fixed["memory_ratio"]
+    # both knobs set to the values a VM starts from: nothing is left to learn, every VM keeps them
+    _, _, pinned = replayed_with(trace, "minimumBuffer: 1Gi\n  scaleDown: {stabilizationWindow: 8h}")
+    figures = ("memory_ratio", "pressure_fraction", "resizes_per_vm_day")
+    assert [pinned[f] for f in figures] == [fixed[f] for f in figures]
     table = run("replay", str(trace), "--policy-file", str(policy), "--policy", "all").stdout
-    assert f"| {NAME} " in table and "| dynamic-memory " not in table, table
-    assert f"policy databases from {policy} (learnPerVM)" in table, table
-    out = run("simulate", "--scenario", "burst", "--policy-file", str(policy), "--out", str(tmp_path))
+    assert f"policy databases from {policy}, minimum buffer 1Gi, scale-down window 8h\n" in table, table
+    assert "dynamic-memory learns" not in table, table
+    window_only = policy.with_name("window.yaml")
+    window_only.write_text(POLICY.replace("  bufferPercent: 20\n",
+                                          "  bufferPercent: 20\n  scaleDown: {stabilizationWindow: 3h}\n"))
+    table = run("replay", str(trace), "--policy-file", str(window_only)).stdout
+    assert "minimum buffer learnt per VM, scale-down window 3h" in table, table
+    assert "dynamic-memory learns each VM's minimum buffer daily from six candidates" in table, table
+    out = run("simulate", "--scenario", "burst", "--policy-file", str(window_only), "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
-    assert "learnPerVM is not simulated: every VM keeps the policy's own minimumBuffer and scaleDown" in out.stdout
+    assert ("learnPerVM is not simulated: every VM keeps minimumBuffer 1Gi and scaleDown.stabilizationWindow 3h, "
+            "as the operator does until a VM has learnt 3 days") in out.stdout, out.stdout
 
 
 @pytest.mark.parametrize(("args", "words"), [

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dynamic_memory.model import PolicyParams
+from dynamic_memory.model import Learn, PolicyParams
 from dynamic_memory.policy.engine import DynamicMemory
-from dynamic_memory.policy.learner import Choice, DaySamples, choose, costs_of_day
+from dynamic_memory.policy.learner import Choice, DaySamples, candidate_params, choose, costs_of_day
 from dynamic_memory.sim.per_vm_setting import picks
 from dynamic_memory.sim.replay import replay
 from dynamic_memory.sim.traces import load_traces
@@ -136,3 +136,21 @@ def test_days_without_samples_do_not_count_towards_warm() -> None:
     assert choose(costs, 0, Choice(days=4, warm=3)) == 0  # two days with samples of three needed
     assert choose(costs, 0, Choice(days=4, warm=2)) == 1
     assert choose(costs, -1, Choice(days=1, warm=1)) == 1  # only the last day counts
+
+
+def test_a_knob_the_policy_sets_is_the_same_in_every_candidate() -> None:
+    """Six candidates whatever the policy sets (the costs kept on a VM line up), differing only in
+    what the VM learns; equal ones cost the same."""
+    half = 512 << 20
+    pinned = replace(PARAMS, minimum_buffer=half, learn=Learn.DOWN_WINDOW)
+    candidates = candidate_params(pinned)
+    assert [c.minimum_buffer for c in candidates] == [half] * 6
+    assert [c.scale_down.window_s / 3600 for c in candidates] == [2, 24, 2, 8, 4, 4]
+    assert {c.learn for c in candidates} == {Learn.DOWN_WINDOW}
+    windows_pinned = candidate_params(replace(PARAMS, learn=Learn.MINIMUM_BUFFER))
+    assert [c.scale_down.window_s for c in windows_pinned] == [8 * 3600] * 6
+    assert [c.minimum_buffer >> 20 for c in windows_pinned] == [128, 128, 1024, 1024, 2048, 4096]
+    day = samples([2.0] * 100, [2.0] * 50 + [5.0] * 3 + [2.0] * 100)
+    costs = costs_of_day(day, candidates, 900.0)
+    assert costs[0] == costs[2] and costs[4] == costs[5]
+    assert costs[0] == day_cost(day, candidates[0], 900.0)

@@ -50,18 +50,18 @@ def test_a_vm_takes_the_cheapest_candidate_once_it_has_three_days() -> None:
     policy = spec("db", 5000, learnPerVM=True)
     params = policy.params()
     two = {TODAY - 2: CHEAP_FIRST, TODAY - 1: CHEAP_FIRST}
-    assert learnt(policy, params, annotated(two), NOW) is None  # the policy's own until 3 days
+    assert learnt(params, annotated(two), NOW) is None  # the policy's own until 3 days
     three = {**two, TODAY - 3: CHEAP_FIRST}
-    chosen = learnt(policy, params, annotated(three), NOW)
+    chosen = learnt(params, annotated(three), NOW)
     assert chosen is not None
     assert (chosen.minimum_buffer, chosen.scale_down.window_s) == (128 * MIB, 7200.0)
     assert chosen.buffer_percent == params.buffer_percent and chosen.maximum == params.maximum
     # a day older than the 14 the choice reads does not count
-    assert learnt(policy, params, annotated({**two, TODAY - 15: CHEAP_FIRST}), NOW) is None
+    assert learnt(params, annotated({**two, TODAY - 15: CHEAP_FIRST}), NOW) is None
     # the policy's own setting (1Gi, 8h: the fourth candidate) cheapest: nothing of its own
     own_cheapest = [[500.0, 0.0, 0.0]] * 3 + [[100.0, 0.0, 0.0]] + [[500.0, 0.0, 0.0]] * 2
-    assert learnt(policy, params, annotated({TODAY - k: own_cheapest for k in (1, 2, 3)}), NOW) is None
-    assert learnt(spec("db", 5000), params, annotated(three), NOW) is None  # a policy that does not learn
+    assert learnt(params, annotated({TODAY - k: own_cheapest for k in (1, 2, 3)}), NOW) is None
+    assert learnt(spec("db", 5000, learnPerVM=False).params(), annotated(three), NOW) is None  # not learning
 
 
 def test_the_reads_of_vms_that_no_longer_learn_are_forgotten() -> None:
@@ -69,10 +69,10 @@ def test_the_reads_of_vms_that_no_longer_learn_are_forgotten() -> None:
     params = policy.params()
     three = {TODAY - k: CHEAP_FIRST for k in (1, 2, 3)}
     for name in ("x", "y", "z"):
-        assert learnt(policy, params, annotated(three, name), NOW) is not None
+        assert learnt(params, annotated(three, name), NOW) is not None
     keep_reads({"a/y"})  # x and z deleted, stopped, or out of a learning policy
     assert set(learning._READS) == {"a/y"}
-    chosen = learnt(policy, params, annotated(three, "x"), NOW)  # x back: read afresh
+    chosen = learnt(params, annotated(three, "x"), NOW)  # x back: read afresh
     assert chosen is not None and chosen.minimum_buffer == 128 * MIB
     assert set(learning._READS) == {"a/x", "a/y"}
 
@@ -95,9 +95,9 @@ def state(name: str) -> VMState:
 def test_a_pass_learns_the_day_just_ended_of_every_vm_before_older_days() -> None:
     policy = spec("db", 5000, learnPerVM=True)
     params = policy.params()
-    fresh = [(policy, params, state(n), vm("a", n, "db")) for n in ("p", "q")]  # nothing kept: 14 days each
-    up_to_date = (policy, params, state("r"), annotated({TODAY - k: CHEAP_FIRST for k in range(1, 15)}, "r"))
-    other = (spec("db", 5000), params, state("s"), vm("a", "s", "db"))  # its policy does not learn
+    fresh = [(params, state(n), vm("a", n, "db")) for n in ("p", "q")]  # nothing kept: 14 days each
+    up_to_date = (params, state("r"), annotated({TODAY - k: CHEAP_FIRST for k in range(1, 15)}, "r"))
+    other = (spec("db", 5000, learnPerVM=False).params(), state("s"), vm("a", "s", "db"))  # not learning
     todo = lessons([*fresh, up_to_date, other], NOW, budget=5)
     # yesterday for p and q first (2), then older days, newest first, with what is left (3)
     assert [(lesson.key, lesson.days) for lesson in todo] == [
@@ -116,7 +116,7 @@ def test_a_vm_learns_no_day_before_it_was_created() -> None:
     def created(name: str, at: str) -> tuple[Any, ...]:
         out = vm("a", name, "db")
         out["metadata"]["creationTimestamp"] = at
-        return (policy, params, state(name), out)
+        return (params, state(name), out)
 
     todo = lessons([created("old", f"{iso(TODAY - 30)}T08:00:00Z"), created("two", f"{iso(TODAY - 2)}T23:59:59Z"),
                     created("new", f"{iso(TODAY)}T00:10:00Z")], NOW)
@@ -129,8 +129,8 @@ def test_a_vm_kubevirt_can_never_resize_learns_nothing() -> None:
     is only busy for now (migrating) still learns."""
     policy = spec("db", 5000, learnPerVM=True)
     params = policy.params()
-    typed = (policy, params, state("t")._replace(blocked=Blocker.INSTANCETYPE), vm("a", "t", "db"))
-    moving = (policy, params, state("m")._replace(blocked=Blocker.MIGRATING), vm("a", "m", "db"))
+    typed = (params, state("t")._replace(blocked=Blocker.INSTANCETYPE), vm("a", "t", "db"))
+    moving = (params, state("m")._replace(blocked=Blocker.MIGRATING), vm("a", "m", "db"))
     assert [lesson.key for lesson in lessons([typed, moving], NOW)] == ["a/m"]
 
 
@@ -139,8 +139,8 @@ def test_a_vm_its_bounds_leave_one_size_learns_nothing() -> None:
     grow past the maximum while it runs: every candidate would hold it there."""
     policy = spec("db", 5000, learnPerVM=True)
     params = policy.params()
-    booted_big = (policy, params, VMState("a/b", "n", 16 * GIB, 16 * GIB, 64 * GIB), vm("a", "b", "db"))
-    one_below = (policy, params, VMState("a/c", "n", 15 * GIB, 15 * GIB, 64 * GIB), vm("a", "c", "db"))
+    booted_big = (params, VMState("a/b", "n", 16 * GIB, 16 * GIB, 64 * GIB), vm("a", "b", "db"))
+    one_below = (params, VMState("a/c", "n", 15 * GIB, 15 * GIB, 64 * GIB), vm("a", "c", "db"))
     assert [lesson.key for lesson in lessons([booted_big, one_below], NOW)] == ["a/c"]
 
 
@@ -167,7 +167,7 @@ def test_days_without_a_sample_are_remembered_not_written() -> None:
     asked again, and its annotation is not written for them."""
     policy = spec("db", 5000, learnPerVM=True)
     params = policy.params()
-    chosen = [(policy, params, state("quiet"), vm("a", "quiet", "db"))]
+    chosen = [(params, state("quiet"), vm("a", "quiet", "db"))]
     first = lessons(chosen, NOW)
     assert [lesson.days for lesson in first] == [[TODAY - k for k in range(14, 0, -1)]]
     assert learn(first[0], [], 900.0) is None

@@ -19,7 +19,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from dynamic_memory.history import DemandHistory
-from dynamic_memory.model import DemandSignal, Limit, PolicyParams, VMState, from_fields
+from dynamic_memory.model import DemandSignal, Learn, Limit, PolicyParams, VMState, from_fields
 from dynamic_memory.policy.engine import DynamicMemory, SignalSpec
 from dynamic_memory.policy.target import decide, fit, with_buffer
 from dynamic_memory.quantity import GIB, MIB, format_bytes
@@ -87,8 +87,13 @@ def day_of(ts: Sequence[float], usage: Sequence[int], floor: Sequence[int], ceil
 
 
 def candidate_params(params: PolicyParams) -> list[PolicyParams]:
-    """The policy's knobs with each candidate's minimum buffer and scale-down window."""
-    return [replace(params, minimum_buffer=buffer, scale_down=replace(params.scale_down, window_s=window))
+    """The policy's knobs with each candidate's minimum buffer and scale-down window, where the VM
+    learns them (`params.learn`): a knob the policy sets stays the policy's in every candidate. Always
+    len(CANDIDATES) of them, so that the costs kept on a VM line up whatever its policy sets; the
+    first of equal candidates is the one chosen."""
+    buffers, windows = Learn.MINIMUM_BUFFER in params.learn, Learn.DOWN_WINDOW in params.learn
+    return [replace(params, minimum_buffer=buffer if buffers else params.minimum_buffer,
+                    scale_down=replace(params.scale_down, window_s=window if windows else params.scale_down.window_s))
             for buffer, window in CANDIDATES]
 
 
@@ -119,7 +124,7 @@ def costs_of_day(day: DaySamples, candidates: Sequence[PolicyParams], stale_s: f
     """(GiB × samples held, short samples, own resizes) of the engine under each candidate over the
     day, scored as the replay scores (sim/replay.py): started steady, at what the candidate sizes
     the VM at from the window before the day (the ceiling with no sample there). Candidates that
-    read the same statistics share them (the six read four)."""
+    read the same statistics share them (the six read four), and equal ones their costs."""
     if day.first >= len(day.ts):
         return [(0.0, 0, 0) for _ in candidates]
     first, floor, ceiling = day.first, day.floor, day.ceiling
@@ -127,13 +132,17 @@ def costs_of_day(day: DaySamples, candidates: Sequence[PolicyParams], stale_s: f
         held = _held_at_bounds(ceiling[first:])
         return [(held, 0, 0) for _ in candidates]
     shared: dict[SignalSpec, list[DemandSignal]] = {}
+    done: dict[PolicyParams, tuple[float, int, int]] = {}  # equal candidates (a knob the policy sets)
     out = []
     for params in candidates:
-        spec = _ENGINE.signal_spec(params)
-        signals = shared.get(spec)
-        if signals is None:
-            signals = shared[spec] = _signals(day, spec, stale_s)
-        out.append(_day_cost(day, signals, params))
+        cost = done.get(params)
+        if cost is None:
+            spec = _ENGINE.signal_spec(params)
+            signals = shared.get(spec)
+            if signals is None:
+                signals = shared[spec] = _signals(day, spec, stale_s)
+            cost = done[params] = _day_cost(day, signals, params)
+        out.append(cost)
     return out
 
 

@@ -1,4 +1,5 @@
-"""The replay of each VM's setting learned from its own past days (policy/learner.py).
+"""The replay of each VM's setting learned from its own past days (policy/learner.py): the engine
+as the operator runs it by default (learnPerVM), under its own name, dynamic-memory.
 
 Every candidate's cost on every VM-day comes first, by the learner's own `costs_of_day` (the days are
 independent: they are shared out over the machine's cores); then the engine is replayed with each
@@ -31,8 +32,6 @@ from dynamic_memory.policy.learner import (
 from dynamic_memory.quantity import GIB
 from dynamic_memory.sim.replay import STALE_S, ReplayResult, _first_sample, replay, replay_days, replay_params
 from dynamic_memory.sim.traces import VMTrace
-
-NAME = "per-vm-setting"
 
 
 def vm_days(trace: VMTrace, t0: int, days: int) -> list[DaySamples | None]:
@@ -88,4 +87,4 @@ def replay_per_vm_setting(traces: Sequence[VMTrace], params: PolicyParams, choic
     chosen = picks(day_costs(traces, settings), own_index(replay_params(params), settings), choice or Choice())
     result = replay(traces, DynamicMemory(), params, progress=progress, workers=os.cpu_count() or 1,
                     setting_of=lambda j, day: params if chosen[j, day] < 0 else settings[chosen[j, day]])
-    return replace(result, policy=NAME, seconds=round(time.perf_counter() - started, 2))
+    return replace(result, seconds=round(time.perf_counter() - started, 2))
