@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from dynamic_memory.model import PolicyParams
-from dynamic_memory.policy.baselines import Static
+from dynamic_memory.policy.baselines import Proxmox, Static
 from dynamic_memory.policy.engine import DynamicMemory
-from dynamic_memory.sim.replay import replay, replay_oracle
+from dynamic_memory.sim.replay import SLOT_S, replay, replay_oracle
 from dynamic_memory.sim.traces import TraceError, load_traces
 
 KIB_PER_GIB = 1024 * 1024
@@ -132,3 +132,15 @@ def test_vms_shared_out_over_processes_score_what_one_process_scores(tmp_path: P
     ratio = {vms: float(run(set(vms))["memory_ratio"]) for vms in ((1,), (2,), (1, 2))}
     assert 2 * ratio[1, 2] > ratio[1,] + ratio[2,]  # VM 2 beside VM 1 holds 6 GiB a sample longer
     assert run({1, 2, 3, 4}, workers=2) == run({1, 2, 3, 4})
+
+
+def test_a_policy_that_balances_the_host_is_replayed_on_one_host_whatever_the_workers(tmp_path: Path) -> None:
+    """Proxmox steers the host's use to 80 %, and the replay's VMs share one host: shared out over
+    two processes, each half would be a host of its own. VM 1 idles at 1 of 32 GiB, VM 2 uses 7 of 8."""
+    rows = [(vm, t * 300, prov, use) for vm, prov, use in ((1, 32, 1), (2, 8, 7)) for t in range(200)]
+    traces = load_traces(write_trace(tmp_path / "t.csv", rows))
+    one, two = (replay(traces, Proxmox(SLOT_S), PARAMS, workers=w).as_dict() for w in (1, 2))
+    figures = ("memory_ratio", "pressure_fraction", "resizes_per_vm_day")
+    assert [one[f] for f in figures] == [two[f] for f in figures]
+    # on one host of 40 GiB, VM 2 keeps more than the 80 % of its own 8 GiB a host of its own would give it
+    assert one["pressure_fraction"] == 0

@@ -55,6 +55,7 @@ class Static:
 
     name = "static"
     follows_demand = False
+    balances_a_host = False
 
     def signal_spec(self, params: PolicyParams) -> SignalSpec:
         """Reads nothing."""
@@ -76,6 +77,7 @@ class HyperV:
 
     name = "hyperv"
     follows_demand = True
+    balances_a_host = False
 
     def signal_spec(self, params: PolicyParams) -> SignalSpec:
         """Newest demand only."""
@@ -103,6 +105,7 @@ class Proxmox:
 
     name = "proxmox"
     follows_demand = True
+    balances_a_host = True
     target_percent = 80
     deadband = 10 * MIB
     change_per_s = 10 * MIB  # 100 MiB per 10 s round
@@ -149,6 +152,7 @@ class VPA:
 
     name = "vpa"
     follows_demand = True
+    balances_a_host = False
     window_s = 24 * 3600.0
     quantile = 0.9
     margin_percent = 15

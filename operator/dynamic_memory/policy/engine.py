@@ -64,6 +64,9 @@ class Policy(Protocol):
     name: str
     follows_demand: bool
     """False for a policy that never sizes by demand (static): its runs are not expected to resize."""
+    balances_a_host: bool
+    """True for a policy whose decision for one VM depends on the others on its node (Proxmox steers
+    the host's use): the replay, whose VMs share one host, cannot share them out over processes."""
 
     def signal_spec(self, params: PolicyParams) -> SignalSpec:
         """The statistics this policy needs from the metrics."""
@@ -104,6 +107,7 @@ class DynamicMemory:
 
     name = "dynamic-memory"
     follows_demand = True
+    balances_a_host = False
 
     def signal_spec(self, params: PolicyParams) -> SignalSpec:
         """Lowest demand of the scale-up window, highest of the scale-down window (and the time of day)."""

@@ -187,11 +187,12 @@ def replay(traces: Sequence[VMTrace], policy: Policy, params: PolicyParams, *, p
     `setting_of`: each VM's knobs by day, instead of `params` for all (their bounds are the
     trace's all the same). `workers` > 1 shares the VMs out over that many processes: with no
     cluster each VM is on its own, and each round still decides at the time of its earliest
-    sample among all VMs, so the figures are those of one process."""
+    sample among all VMs, so the figures are those of one process; except for a policy that
+    balances a host, whose host is every VM of the trace: it runs in one."""
     started = time.perf_counter()
     t0 = _first_sample(traces)
     nows = _round_times(traces, t0)
-    workers = max(1, min(workers, len(traces)))
+    workers = 1 if policy.balances_a_host else max(1, min(workers, len(traces)))
     if workers == 1:
         score = _replay_part(_Part(traces, range(len(traces)), policy, params, setting_of, t0, nows, progress))
     else:
