@@ -164,16 +164,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         if args.trace:
             raise UserError(f"--trace goes with --scenario trace, not --scenario {args.scenario}")
         scenario = SCENARIOS[args.scenario]()
+    params = PolicyParams(startup=GIB, minimum=GIB, maximum=GIB)  # the default knobs
     if doc and doc.spec:
-        scenario = scenario.with_policy(doc.spec.params(), keep_sizes=args.scenario == "trace")
+        params = doc.spec.params()
+        scenario = scenario.with_policy(params, keep_sizes=args.scenario == "trace")
         print(f"policy: {doc.name} from {args.policy_file}, for every VM"
               + (" (sizes from the trace)" if args.scenario == "trace" else ""))
-        params = doc.spec.params()
-        if params.learn:
-            print(f"learnPerVM is not simulated: every VM keeps minimumBuffer {format_bytes(params.minimum_buffer)} "
-                  f"and scaleDown.stabilizationWindow {params.scale_down.window_s / 3600:g}h, as the operator does "
-                  f"until a VM has learnt 3 days (`dynamic-memory replay TRACE --policy-file {args.policy_file}` "
-                  "learns them)")
+    if params.learn:
+        print(f"learnPerVM is not simulated: every VM keeps minimumBuffer {format_bytes(params.minimum_buffer)} "
+              f"and scaleDown.stabilizationWindow {params.scale_down.window_s / 3600:g}h, as the operator does "
+              "until a VM has learnt 3 days (`dynamic-memory replay TRACE"
+              f"{f' --policy-file {args.policy_file}' if doc else ''}` learns them)")
     chosen = [p for p in policies(scenario.step_s) if args.policy in (None, "all", p.name)]
     results = run_all(scenario, chosen, progress=sys.stderr.isatty())
     _print_scenario(write_report(out_dir, scenario, results), out_dir)
@@ -297,8 +298,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
           f"{', sized for the time of day' if params.time_of_day else ''}")
     if learns and "dynamic-memory" in names:
         print(f"dynamic-memory learns each VM's {_learnt_words(params)} daily from six candidates, by what each "
-              f"would have cost on its past 14 days ({_knobs(replace(params, learn=Learn.NOTHING))} until it has 3); "
-              "its seconds: those days worked out, then the replay")
+              f"would have cost on its past 14 days ({_knobs(replace(params, learn=Learn.NOTHING))} until the VM "
+              "has 3 days); its seconds: those days worked out, then the replay")
     print(table(results, columns))
     return 0
 
