@@ -85,7 +85,7 @@ def notes(results: dict[str, dict[str, Any] | None]) -> list[str]:
                    f"demand rose: {fp['requests_by_operator_after_change']}.")
     if (rp := results.get("replay")) and rp.get("month_replay_s") is not None:
         out.append(f"replay: the month through the default policy alone, as `dynamic-memory replay TRACE` runs it: "
-                   f"reading the trace {rp['trace_load_s']:.1f} s, the replay "
+                   f"reading the trace {rp['trace_load_s']:.1f} s, each VM's learnt days and the replay "
                    f"{rp['month_replay_s'] - rp['trace_load_s']:.1f} s; then the other policies and buffers, "
                    f"two processes side by side ({rp['seconds']:.0f} s in all).")
     return out
@@ -119,18 +119,17 @@ def table(summary: dict[str, Any], results: dict[str, dict[str, Any] | None]) ->
             lines += ["", f"The offline optimum at our own {at['budget']:.3f} resizes/VM-day keeps memory_ratio "
                           f"{at['memory_ratio']:.4f} (using {at['own_resizes_per_vm_day']:.3f}): ours is "
                           f"{replay['ours_over_optimum']:.2f}× that. Its frontier is the right panel of replay.png."]
-        if (lat := replay.get("optimum_at_learned_budget")) and replay.get("learned_over_optimum"):
-            lines += ["", f"At learnPerVM's own {lat['budget']:.3f} resizes/VM-day the optimum keeps "
-                          f"{lat['memory_ratio']:.4f}: learnPerVM is {replay['learned_over_optimum']:.2f}× that"
-                          + (f"; its month took {replay['learned_month_s']:.0f} s end to end (target < 60 s)."
-                             if replay.get("learned_month_s") else ".")]
-        if (kat := replay.get("optimum_kept_at_our_budget")) and (kal := replay.get("optimum_kept_at_learned_budget")):
+        if (fat := replay.get("optimum_at_fixed_budget")) and replay.get("fixed_over_optimum"):
+            lines += ["", f"At the own {fat['budget']:.3f} resizes/VM-day of our engine with learnPerVM: false "
+                          f"(one setting for every VM) the optimum keeps {fat['memory_ratio']:.4f}: that engine is "
+                          f"{replay['fixed_over_optimum']:.2f}× it."]
+        if (kat := replay.get("optimum_kept_at_our_budget")) and (kaf := replay.get("optimum_kept_at_fixed_budget")):
             lines += ["", f"Keeping {replay['optimum_margin_percent']}% above every sample's usage (the default "
                           f"bufferPercent, never used), the optimum keeps {kat['memory_ratio']:.4f} at our "
                           f"budget (ours {replay['ours_over_optimum_kept']:.2f}× that) and "
-                          f"{kal['memory_ratio']:.4f} at learnPerVM's (learnPerVM "
-                          f"{replay['learned_over_optimum_kept']:.2f}× that): the dashed frontier of replay.png."]
-        lines += ["", "Ours by `bufferPercent` (20 is the default):", "",
+                          f"{kaf['memory_ratio']:.4f} at learnPerVM: false's ("
+                          f"{replay['fixed_over_optimum_kept']:.2f}× that): the dashed frontier of replay.png."]
+        lines += ["", "Ours with learnPerVM: false, by `bufferPercent` (20 is the default):", "",
                   "| bufferPercent | memory_ratio | pressure_fraction | resizes_per_vm_day |", "|---|---|---|---|"]
         for c in replay["buffer_curve"]:
             lines.append(f"| {c['buffer_percent']} | {c['memory_ratio']:.4f} | {c['pressure_fraction']:.5f} | "

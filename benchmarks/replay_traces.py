@@ -1,15 +1,15 @@
 """Memory saved on real traces: the month of ../shared/traces replayed through every policy
-(ours and the baselines of peers.md, the same engine code the operator runs), plus ours at several
+(ours, which learns each VM's setting as the operator does by default, and the baselines of
+peers.md: the same engine code the operator runs), plus ours with learnPerVM: false at several
 buffer settings as a curve, the oracle that knows the future as the physical limit, and the offline
 optimum's frontier: the least memory at each budget of own resizes (every resize is a migration),
-bare and keeping the default 20 % buffer above usage, and our engine's options (timeOfDay,
-learnPerVM). Two worker processes share the loaded traces (fork), one replay each at a time.
+bare and keeping the default 20 % buffer above usage, and the time-of-day option. Two worker
+processes share the loaded traces (fork), one replay each at a time.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import os
 import time
 from dataclasses import asdict, replace
 from typing import Any
@@ -27,12 +27,15 @@ TRACE = TRACES / "bitbrains-rnd-2013-07.csv.gz"
 BUFFERS = (5, 10, 20, 50, 100)
 """Our bufferPercent settings on the curve (20 is the default)."""
 QUICK_VMS = 50
-TIME_OF_DAY = {"timeOfDay, minimumBuffer 512Mi": 512 * MIB, "timeOfDay, minimumBuffer 1Gi": GIB}
+FIXED = "learnPerVM: false"
+"""Our engine with one setting for every VM (minimumBuffer 1Gi, window 8h): the default until 2026-11-29."""
+TIME_OF_DAY = {"timeOfDay, minimumBuffer 512Mi, learnPerVM: false": 512 * MIB,
+               "timeOfDay, minimumBuffer 1Gi, learnPerVM: false": GIB}
 """Our engine with its time-of-day option, at two minimum buffers (see the README)."""
-LEARNED = "learnPerVM"
-"""Our engine with each VM's setting learnt from its past days (policy/learner.py)."""
-OPTIONS = (*TIME_OF_DAY, LEARNED)
+OPTIONS = tuple(TIME_OF_DAY)
 """Our engine's options, drawn as diamonds."""
+STAR: dict[str, Any] = {"color": "gold", "markeredgecolor": "black", "markersize": 15, "zorder": 4}
+"""The default policy's mark, in both panels: no baseline's colour."""
 
 _traces: list[VMTrace] = []
 
@@ -52,6 +55,8 @@ def _one(job: tuple[str, int], workers: int = 1) -> dict[str, Any]:
         return {"policy": "optimum", "vms": fleet_optimum(_traces, BUDGET_MAX, buffer)}
     params = replace(PolicyParams(startup=0, minimum=0, maximum=2**62), buffer_percent=buffer)
     label = None
+    if name == FIXED:
+        label, name = name, "dynamic-memory"
     if name in TIME_OF_DAY:  # our engine, with the option on
         params = replace(params, time_of_day=True, minimum_buffer=TIME_OF_DAY[name])
         label, name = name, "dynamic-memory"
@@ -75,15 +80,16 @@ def plot(points: dict[str, dict[str, Any]], curve: list[dict[str, Any]], fronts:
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(15, 6), layout="constrained", width_ratios=(1.15, 1))
     xs = [c["pressure_fraction"] for c in curve]
     ys = [c["memory_ratio"] for c in curve]
-    ax.plot(xs, ys, "o-", color="tab:blue", label="dynamic-memory at bufferPercent …", zorder=3)
+    ax.plot(xs, ys, "o-", color="tab:blue", label=f"{FIXED} at bufferPercent …", zorder=3)
     for i, c in enumerate(sorted(curve, key=lambda c: -c["memory_ratio"])):  # labels up and left, in order
-        default = " (default)" if c["buffer_percent"] == 20 else ""
-        ax.annotate(f"{c['buffer_percent']}%{default}", (c["pressure_fraction"], c["memory_ratio"]),
+        ax.annotate(f"{c['buffer_percent']}%", (c["pressure_fraction"], c["memory_ratio"]),
                     textcoords="offset points", xytext=(-70 - 6 * i, 34 - 17 * i), fontsize=8, color="tab:blue",
                     ha="right", va="center", arrowprops={"arrowstyle": "-", "color": "tab:blue", "lw": 0.6})
+    ours = points["dynamic-memory"]
+    ax.plot(ours["pressure_fraction"], ours["memory_ratio"], "*", label=OURS, **STAR)
     colors = {}
     for name, p in points.items():
-        if name in ("dynamic-memory", "oracle"):
+        if name in ("dynamic-memory", "oracle", FIXED):
             continue
         (mark,) = ax.plot(p["pressure_fraction"], p["memory_ratio"], "D" if name in OPTIONS else "s",
                           markersize=7, label=name, zorder=3)
@@ -116,11 +122,13 @@ def _frontier(bx: Any, points: dict[str, dict[str, Any]], curve: list[dict[str, 
     bx.plot([f.own_resizes_per_vm_day for f in kept], [f.memory_ratio for f in kept], "--", color="black",
             label=f"offline optimum keeping {MARGIN}% above usage (the default bufferPercent)")
     bx.plot([c["own_resizes_per_vm_day"] for c in curve], [c["memory_ratio"] for c in curve], "o-", color="tab:blue",
-            label="dynamic-memory at bufferPercent 5 … 100", zorder=3)
-    ours = points["dynamic-memory"]
-    bx.annotate("20% (default)", (ours["own_resizes_per_vm_day"], ours["memory_ratio"]), textcoords="offset points",
+            label=f"{FIXED} at bufferPercent 5 … 100", zorder=3)
+    fixed = points[FIXED]
+    bx.annotate("20%", (fixed["own_resizes_per_vm_day"], fixed["memory_ratio"]), textcoords="offset points",
                 xytext=(-60, -30), fontsize=8, color="tab:blue", ha="right",
                 arrowprops={"arrowstyle": "-", "color": "tab:blue", "lw": 0.6})
+    ours = points["dynamic-memory"]
+    bx.plot(ours["own_resizes_per_vm_day"], ours["memory_ratio"], "*", label=OURS, **STAR)
     for name, color in colors.items():
         p = points[name]
         if p["own_resizes_per_vm_day"] > 0:  # a policy that never resizes has no place on a log scale
@@ -139,6 +147,9 @@ def _frontier(bx: Any, points: dict[str, dict[str, Any]], curve: list[dict[str, 
     bx.legend(fontsize=8, loc="center right")  # upper right hid proxmox (3 own resizes, ratio 0.8)
 
 
+OURS = "dynamic-memory (the default: learnPerVM, bufferPercent 20)"
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     """Every policy's three figures; the plot."""
     global _traces
@@ -147,35 +158,28 @@ def run(quick: bool = False) -> dict[str, Any]:
     load_s = time.perf_counter() - started
     if quick:
         _traces = _traces[:QUICK_VMS]
-    # the default policy alone first, in this process: what `dynamic-memory replay TRACE` costs
-    ours = _one(("dynamic-memory", 20), os.cpu_count() or 1)
+    # the default policy alone first, in this process: what `dynamic-memory replay TRACE` costs (it
+    # shares its candidates' days out over the machine's cores itself)
+    base = PolicyParams(startup=0, minimum=0, maximum=2**62)
+    ours: dict[str, Any] = {**replay_per_vm_setting(_traces, base).as_dict(), "buffer_percent": 20}
     month_s = None if quick else load_s + ours["seconds"]
     if month_s is not None:
         say(f"replay: the whole month through the default policy, alone: {month_s:.1f} s (reading the trace "
-            f"{load_s:.1f} s, the replay {ours['seconds']:.1f} s; target < 60 s)")
-    # learnPerVM here too, before the pool: it shares its candidates' days out over both cores itself
-    base = PolicyParams(startup=0, minimum=0, maximum=2**62)
-    learned: dict[str, Any] = {**replay_per_vm_setting(_traces, base).as_dict(), "policy": LEARNED,
-                               "buffer_percent": 20}
-    say(f"replay: the whole month with learnPerVM: {learned['seconds']:.1f} s (the candidates' days, then the replay)")
+            f"{load_s:.1f} s, the candidates' days and the replay {ours['seconds']:.1f} s; target < 60 s)")
     jobs = [("optimum", 0), ("optimum", MARGIN)] + [(p.name, 20) for p in policies(SLOT_S)] + [("oracle", 0)]
-    jobs += [("dynamic-memory", b) for b in BUFFERS if b != 20] + [(name, 20) for name in TIME_OF_DAY]
+    jobs += [(FIXED, b) for b in BUFFERS] + [(name, 20) for name in TIME_OF_DAY]
     with multiprocessing.get_context("fork").Pool(2) as pool:
         results = pool.map(_one, [j for j in jobs if j != ("dynamic-memory", 20)], chunksize=1)
     results.insert(jobs.index(("dynamic-memory", 20)), ours)
-    results.append(learned)
-    jobs.append((LEARNED, 20))
     optimum: list[VMOptimum] = results.pop(0)["vms"]
     kept: list[VMOptimum] = results.pop(0)["vms"]
     del jobs[:2]
     points = {r["policy"]: r for r, (_, b) in zip(results, jobs, strict=True) if b in (20, 0)}
     front, kept_front = (frontier(vms, budgets(high=BUDGET_MAX)) for vms in (optimum, kept))
-    own = points["dynamic-memory"]["own_resizes_per_vm_day"]
-    (at_ours,) = frontier(optimum, [own])
-    (at_learned,) = frontier(optimum, [learned["own_resizes_per_vm_day"]])
-    (kept_at_ours,) = frontier(kept, [own])
-    (kept_at_learned,) = frontier(kept, [learned["own_resizes_per_vm_day"]])
-    curve = sorted((r for r in results if r["policy"] == "dynamic-memory"), key=lambda r: r["buffer_percent"])
+    own, fixed_own = (points[name]["own_resizes_per_vm_day"] for name in ("dynamic-memory", FIXED))
+    (at_ours,), (at_fixed,) = frontier(optimum, [own]), frontier(optimum, [fixed_own])
+    (kept_at_ours,), (kept_at_fixed,) = frontier(kept, [own]), frontier(kept, [fixed_own])
+    curve = sorted((r for r in results if r["policy"] == FIXED), key=lambda r: r["buffer_percent"])
     head = results[0]
     title = (f"{TRACE.name}: {head['vms']} VMs, {head['vm_days']:.0f} VM-days"
              + (f" (quick: first {QUICK_VMS} VMs)" if quick else ""))
@@ -183,32 +187,32 @@ def run(quick: bool = False) -> dict[str, Any]:
     summary = {name: {k: p[k] for k in ("memory_ratio", "pressure_fraction", "resizes_per_vm_day",
                                         "own_resizes_per_vm_day", "migrated_gib_per_vm_day", "slack")}
                for name, p in points.items()}
-    over = points["dynamic-memory"]["memory_ratio"] / at_ours.memory_ratio
+    ratio = {name: points[name]["memory_ratio"] for name in ("dynamic-memory", FIXED)}
     result = {"trace": TRACE.name, "vms": head["vms"], "vm_days": head["vm_days"], "quick": quick,
               "policies": points, "buffer_curve": curve, "replay": summary,
               "optimum_frontier": [asdict(f) for f in front], "optimum_at_our_budget": asdict(at_ours),
-              "ours_over_optimum": over, "optimum_at_learned_budget": asdict(at_learned),
-              "learned_over_optimum": learned["memory_ratio"] / at_learned.memory_ratio,
+              "ours_over_optimum": ratio["dynamic-memory"] / at_ours.memory_ratio,
+              "optimum_at_fixed_budget": asdict(at_fixed), "fixed_over_optimum": ratio[FIXED] / at_fixed.memory_ratio,
               "optimum_margin_percent": MARGIN, "optimum_kept_frontier": [asdict(f) for f in kept_front],
               "optimum_kept_at_our_budget": asdict(kept_at_ours),
-              "ours_over_optimum_kept": points["dynamic-memory"]["memory_ratio"] / kept_at_ours.memory_ratio,
-              "optimum_kept_at_learned_budget": asdict(kept_at_learned),
-              "learned_over_optimum_kept": learned["memory_ratio"] / kept_at_learned.memory_ratio,
-              "learned_month_s": None if quick else load_s + learned["seconds"], "month_replay_s": month_s,
-              "trace_load_s": load_s,
+              "ours_over_optimum_kept": ratio["dynamic-memory"] / kept_at_ours.memory_ratio,
+              "optimum_kept_at_fixed_budget": asdict(kept_at_fixed),
+              "fixed_over_optimum_kept": ratio[FIXED] / kept_at_fixed.memory_ratio,
+              "month_replay_s": month_s, "trace_load_s": load_s,
               "seconds": time.perf_counter() - started}
     say(f"replay: the offline optimum at our own {own:.3f} resizes/VM-day: memory_ratio "
-        f"{at_ours.memory_ratio:.4f} (it used {at_ours.own_resizes_per_vm_day:.3f}); ours is {over:.2f}× that")
-    say(f"replay: the offline optimum at learnPerVM's own {learned['own_resizes_per_vm_day']:.3f}: memory_ratio "
-        f"{at_learned.memory_ratio:.4f}; learnPerVM is {result['learned_over_optimum']:.2f}× that")
+        f"{at_ours.memory_ratio:.4f} (it used {at_ours.own_resizes_per_vm_day:.3f}); ours is "
+        f"{result['ours_over_optimum']:.2f}× that")
+    say(f"replay: the offline optimum at {FIXED}'s own {fixed_own:.3f}: memory_ratio "
+        f"{at_fixed.memory_ratio:.4f}; {FIXED} is {result['fixed_over_optimum']:.2f}× that")
     say(f"replay: the optimum keeping {MARGIN}% above usage: {kept_at_ours.memory_ratio:.4f} at our budget (ours "
-        f"{result['ours_over_optimum_kept']:.2f}× that), {kept_at_learned.memory_ratio:.4f} at learnPerVM's "
-        f"(learnPerVM {result['learned_over_optimum_kept']:.2f}× that)")
+        f"{result['ours_over_optimum_kept']:.2f}× that), {kept_at_fixed.memory_ratio:.4f} at {FIXED}'s "
+        f"({result['fixed_over_optimum_kept']:.2f}× that)")
     for name, p in points.items():
-        say(f"replay: {name:>30}: memory_ratio {p['memory_ratio']:.4f}, pressure_fraction "
+        say(f"replay: {name:>50}: memory_ratio {p['memory_ratio']:.4f}, pressure_fraction "
             f"{p['pressure_fraction']:.5f}, resizes/VM-day {p['resizes_per_vm_day']:.3f}")
     for c in curve:
-        say(f"replay: dynamic-memory bufferPercent {c['buffer_percent']:>3}: {c['memory_ratio']:.4f} / "
+        say(f"replay: {FIXED} bufferPercent {c['buffer_percent']:>3}: {c['memory_ratio']:.4f} / "
             f"{c['pressure_fraction']:.5f} / {c['resizes_per_vm_day']:.3f}")
     return result
 
