@@ -255,6 +255,36 @@ async def test_a_learning_policy_sizes_a_vm_with_what_it_learnt_and_keeps_its_da
     assert run.exception is None
 
 
+async def test_a_knob_the_policy_sets_is_kept_and_only_the_other_is_learnt(
+        cluster: kmock.KubernetesEmulator, operator_env: None, guest_metrics: GuestMetrics,
+        prometheus: Prometheus) -> None:
+    # the same three past days as above, on a policy that sets minimumBuffer (learnPerVM is on by
+    # default): the cheapest candidate's window (2h) is taken, its buffer is the policy's 2Gi
+    today = int(time.time() // 86400)
+    kept = {day_iso(today - k): [[100.0, 0, 0]] + [[500.0, 0, 0]] * 5 for k in (1, 2, 3)}
+    for ns, spec in (("pinned", {"minimumBuffer": "2Gi"}),
+                     ("both", {"minimumBuffer": "2Gi", "scaleDown": {"stabilizationWindow": "8h"}})):
+        guest_metrics.set(ns, "db", available=2 * GIB, demand=2 * GIB - 50 * 2**20)
+        prometheus.wait_for(f'kubevirt_vmi_memory_available_bytes{{namespace="{ns}", name="db"}}')
+        cluster.objects[DMP, ns, "dmp"] = policy(ns, **spec)
+        running_vm(cluster, ns, "db", annotations={"dynamicmemory.io/learned-costs": json.dumps(kept)})
+    with runner() as run:
+        await wait_for(lambda: all(guest_of(cluster, ns, "db") > 2 * GIB for ns in ("pinned", "both")))
+        await wait_for(lambda: "dynamicmemory.io/learned-setting" in cluster.objects[
+            VMS, "pinned", "db"]["metadata"]["annotations"])
+    pinned = cluster.objects[VMS, "pinned", "db"]["metadata"]["annotations"]
+    assert pinned["dynamicmemory.io/learned-setting"].startswith(
+        "minimumBuffer 2Gi, scaleDown.stabilizationWindow 2h: of 6 candidates, the one that would have cost "
+        "least on its past 3 days with metrics"), pinned
+    assert "(at least 2Gi)" in buffer_of(pinned["dynamicmemory.io/reason"]), pinned
+    # both set: nothing to learn, nothing written about it, sized with the policy's own
+    both = cluster.objects[VMS, "both", "db"]["metadata"]["annotations"]
+    assert "dynamicmemory.io/learned-setting" not in both, both
+    assert "(at least 2Gi)" in buffer_of(both["dynamicmemory.io/reason"]), both
+    assert "sized with a setting learnt" not in ready_message(cluster, "both")
+    assert run.exception is None
+
+
 def ready_message(cluster: kmock.KubernetesEmulator, ns: str) -> str:
     conditions = (cluster.objects[DMP, ns, "dmp"].get("status") or {}).get("conditions") or []
     return next((str(c["message"]) for c in conditions if c["type"] == "Ready"), "")
