@@ -457,7 +457,7 @@ async def _send(memo: kopf.Memo, logger: kopf.Logger, intent: Intent) -> bool:
         return False
     decision = intent.decision
     if decision is not None:
-        metrics.DECISIONS.labels(decision.why.code, intent.kind.value).inc()
+        metrics.DECISIONS.labels(decision.why_code, intent.kind.value).inc()
         change = f"{format_bytes(decision.current)} → {format_bytes(decision.target)}"
         where = f" (expected to land on {decision.landing})" if intent.kind is Kind.RESIZE and decision.landing else ""
         # kopf.event, not kopf.info: posting.level keeps Kopf's own per-tick logs out of Events, not ours

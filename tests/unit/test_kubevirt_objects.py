@@ -256,7 +256,7 @@ def test_the_watch_caches_keep_all_the_operator_reads(whole_vm: dict[str, Any], 
 
 
 def _decision(action: Action, target: int) -> Decision:
-    return Decision("prod/db", "node-1", 4 * GIB, target, action, Why("DemandRose", "demand rose"), demand=5 * GIB)
+    return Decision("prod/db", "node-1", 4 * GIB, target, action, *Why("DemandRose", "demand rose"), demand=5 * GIB)
 
 
 def test_resize_patch_sets_guest_keeps_the_original_and_is_guarded() -> None:

@@ -45,7 +45,7 @@ def water_fill(caps: Mapping[str, int], weights: Mapping[str, int], budget: int)
 def _set(entry: Entry, target: int, reason: str, demand: int | None = None) -> Decision:
     vm = entry.vm
     action = Action.GROW if target > vm.assigned else Action.SHRINK if target < vm.assigned else Action.HOLD
-    return Decision(vm.key, vm.node, vm.assigned, target, action, Why("Baseline", reason), demand=demand,
+    return Decision(vm.key, vm.node, vm.assigned, target, action, *Why("Baseline", reason), demand=demand,
                     wanted=target)
 
 

@@ -117,8 +117,8 @@ def _changes(entries: Sequence[Entry], decisions: Sequence[Decision]) -> list[Ch
 
 
 def _held(d: Decision, limit: Limit, notes: tuple[Why, ...]) -> Decision:
-    return from_fields(Decision, (d.key, d.node, d.current, d.current, _HOLD, d.why, d.demand, d.wanted, limit,
-                                  notes, d.landing))
+    return from_fields(Decision, (d.key, d.node, d.current, d.current, _HOLD, d.why_code, d.why_template,
+                                  d.why_values, d.demand, d.wanted, limit, notes, d.landing))
 
 
 def _hold(d: Decision, limit: Limit, why: Why) -> Decision:

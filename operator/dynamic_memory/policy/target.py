@@ -152,13 +152,14 @@ a pass reads one for every VM."""
 def _hold(vm: VMState, why: Why, demand: int | None = None, wanted: int | None = None,
           limited: Limit | None = None) -> Decision:
     current = vm.assigned
-    return from_fields(Decision, (vm.key, vm.node, current, current, _HOLD, why, demand,
+    return from_fields(Decision, (vm.key, vm.node, current, current, _HOLD, *why, demand,
                            current if wanted is None else wanted, limited, (), None))
 
 
 def _move(vm: VMState, target: int, why: Why, demand: int | None, limited: Limit | None = None) -> Decision:
     action = _GROW if target > vm.assigned else _SHRINK
-    return from_fields(Decision, (vm.key, vm.node, vm.assigned, target, action, why, demand, target, limited, (), None))
+    return from_fields(Decision, (vm.key, vm.node, vm.assigned, target, action, *why, demand, target, limited, (),
+                                  None))
 
 
 def decide(vm: VMState, signal: DemandSignal, params: PolicyParams, now: float) -> Decision:
@@ -225,9 +226,9 @@ def decide(vm: VMState, signal: DemandSignal, params: PolicyParams, now: float) 
     desired = fit(with_buffer(sized_by, params), floor, ceiling, params.alignment)
     step = params.scale_down.step(current)
     if current - desired < step:
-        return from_fields(Decision, (vm.key, vm.node, current, current, _HOLD, from_fields(Why, (
-            "Steady", sizing.steady, (sized_by, params, desired, step, current))), peak, current, None, (),
-            None))  # most VMs: _hold, inlined
+        return from_fields(Decision, (vm.key, vm.node, current, current, _HOLD, "Steady", sizing.steady,
+                                      (sized_by, params, desired, step, current), peak, current, None, (),
+                                      None))  # most VMs: _hold, inlined
     if not signal.enough_history:
         return _hold(vm, Why("WarmingUp", sizing.warming_up, (sized_by, params, desired)),
                      peak, None, Limit.RATE)

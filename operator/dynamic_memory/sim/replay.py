@@ -280,7 +280,7 @@ def _replay_part(part: _Part) -> _Score:
             lo = GIB if prov > GIB else prov
             after = prov if d.target >= prov else lo if d.target <= lo else d.target
             forced = d.limited is Limit.BOUNDS or after != d.target
-            score.count(before, after, prov, usage, forced, d.why.code)
+            score.count(before, after, prov, usage, forced, d.why_code)
             assigned[j] = after
             own = after != before and not forced  # the trace moving its bounds is not our decision
             if own:
