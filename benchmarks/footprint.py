@@ -162,7 +162,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     say(f"api: steady state, all clients: {steady or 'no requests'}; the operator's: {steady_user or 'none'}")
     say(f"api: {CHANGED} VMs' demand rose: the operator sent {change_user}: {len(done)} resizes "
         f"({result['api_writes_per_changed_vm']:.1f} VM patches per changed VM; VMs by their resizes: "
-        f"{dict(sorted(grown.items()))}); the other {vm_patches - len(done)} VM patches annotated VMs held while "
-        "KubeVirt's migration slots were taken")
+        f"{dict(sorted(grown.items()))}); "
+        + (f"{vm_patches - len(done)} other VM patches, annotations only (a VM held while KubeVirt's migration "
+           "slots are taken, or its learnt days)" if vm_patches > len(done) else "no other VM patch"))
     return result
 
