@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from dynamic_memory.errors import UserError
 from dynamic_memory.model import Learn, PolicyParams
-from dynamic_memory.quantity import GIB, format_bytes, parse_duration
+from dynamic_memory.quantity import GIB, format_bytes, format_duration, parse_duration
 
 if TYPE_CHECKING:
     from dynamic_memory.policy.engine import Policy
@@ -172,7 +172,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
               + (" (sizes from the trace)" if args.scenario == "trace" else ""))
     if params.learn:
         print(f"learnPerVM is not simulated: every VM keeps minimumBuffer {format_bytes(params.minimum_buffer)} "
-              f"and scaleDown.stabilizationWindow {params.scale_down.window_s / 3600:g}h, as the operator does "
+              f"and scaleDown.stabilizationWindow {format_duration(params.scale_down.window_s)}, as the operator does "
               "until a VM has learnt 3 days (`dynamic-memory replay TRACE"
               f"{f' --policy-file {args.policy_file}' if doc else ''}` learns them)")
     chosen = [p for p in policies(scenario.step_s) if args.policy in (None, "all", p.name)]
@@ -239,7 +239,7 @@ def _knobs(params: PolicyParams) -> str:
     buffer = ("learnt per VM" if Learn.MINIMUM_BUFFER in params.learn
               else format_bytes(params.minimum_buffer))
     window = ("learnt per VM" if Learn.DOWN_WINDOW in params.learn
-              else f"{params.scale_down.window_s / 3600:g}h")
+              else format_duration(params.scale_down.window_s))
     return f"minimum buffer {buffer}, scale-down window {window}"
 
 

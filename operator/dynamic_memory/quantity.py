@@ -88,6 +88,17 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
 
 
+def format_duration(seconds: float) -> str:
+    """Seconds as a policy writes them ('8h', '1h30m', '30s', '500ms'): what `parse_duration` reads back."""
+    left = round(seconds * 1000)
+    parts = []
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
+        count, left = divmod(left, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
+
+
 def align_up(value: int, step: int) -> int:
     """Smallest multiple of step that is >= value (KubeVirt wants guest memory in 2 MiB blocks)."""
     return -(-value // step) * step

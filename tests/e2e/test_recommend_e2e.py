@@ -60,6 +60,10 @@ def test_recommend_sizes_each_selected_vm_by_its_history(prometheus: Prometheus,
     assert table.returncode == 0, table.stderr
     assert "total: 12Gi now → 7Gi: 5Gi freed (42%)" in table.stdout, table.stdout
     assert "rec/idle: peak demand 1Gi" in table.stdout, table.stdout
+    # the policy sets its window and leaves the buffer to learning: recommend sizes with what a VM
+    # starts from, and says so, in the policy's own units
+    assert ("(learnPerVM: with minimum buffer 1Gi, scale-down window 30s; the operator sizes a VM that has 3 "
+            "days of metrics with the minimum buffer it learnt") in table.stdout, table.stdout
 
     # a kubectl-style selector instead of the policy's: only the web VM
     web = recommend("--prometheus", prometheus.url, "--namespace", "rec", "--selector", "app in (web)",

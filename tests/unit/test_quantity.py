@@ -10,6 +10,7 @@ from dynamic_memory.quantity import (
     align_down,
     align_up,
     format_bytes,
+    format_duration,
     parse_duration,
     parse_quantity,
     to_quantity,
@@ -57,3 +58,10 @@ def test_parse_duration_rejects(text: str) -> None:
 @pytest.mark.parametrize(("value", "step", "up", "down"), [(0, 2, 0, 0), (1, 2, 2, 0), (2, 2, 2, 2), (5, 4, 8, 4)])
 def test_alignment(value: int, step: int, up: int, down: int) -> None:
     assert (align_up(value, step), align_down(value, step)) == (up, down)
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(8 * 3600, "8h"), (5400, "1h30m"), (30, "30s"), (0.5, "500ms"),
+                                               (0, "0s"), (3661, "1h1m1s")])
+def test_format_duration_writes_what_a_policy_would(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+    assert parse_duration(text) == seconds

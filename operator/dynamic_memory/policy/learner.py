@@ -22,7 +22,7 @@ from dynamic_memory.history import DemandHistory
 from dynamic_memory.model import DemandSignal, Learn, Limit, PolicyParams, VMState, from_fields
 from dynamic_memory.policy.engine import DynamicMemory, SignalSpec
 from dynamic_memory.policy.target import decide, fit, with_buffer
-from dynamic_memory.quantity import GIB, MIB, format_bytes
+from dynamic_memory.quantity import GIB, MIB, format_bytes, format_duration
 
 HOUR_S = 3600.0
 DAY_S = 86400
@@ -202,7 +202,7 @@ def own_index(params: PolicyParams, candidates: Sequence[PolicyParams]) -> int:
 def setting_words(params: PolicyParams) -> str:
     """A candidate in the policy's words."""
     return (f"minimumBuffer {format_bytes(params.minimum_buffer)}, scaleDown.stabilizationWindow "
-            f"{params.scale_down.window_s / HOUR_S:g}h")
+            f"{format_duration(params.scale_down.window_s)}")
 
 
 def choose(costs: Costs, own: int, choice: Choice) -> int:
