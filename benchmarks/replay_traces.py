@@ -36,6 +36,8 @@ OPTIONS = tuple(TIME_OF_DAY)
 """Our engine's options, drawn as diamonds."""
 STAR: dict[str, Any] = {"color": "gold", "markeredgecolor": "black", "markersize": 15, "zorder": 4}
 """The default policy's mark, in both panels: no baseline's colour."""
+OURS = "dynamic-memory (the default: learnPerVM, bufferPercent 20)"
+"""The default policy's label, beside its mark."""
 
 _traces: list[VMTrace] = []
 
@@ -145,9 +147,6 @@ def _frontier(bx: Any, points: dict[str, dict[str, Any]], curve: list[dict[str, 
     bx.set_title("memory against migrations", fontsize=10)
     bx.grid(True, alpha=0.3, which="both")
     bx.legend(fontsize=8, loc="center right")  # upper right hid proxmox (3 own resizes, ratio 0.8)
-
-
-OURS = "dynamic-memory (the default: learnPerVM, bufferPercent 20)"
 
 
 def run(quick: bool = False) -> dict[str, Any]:

@@ -202,7 +202,7 @@ def own_index(params: PolicyParams, candidates: Sequence[PolicyParams]) -> int:
 def setting_words(params: PolicyParams) -> str:
     """A candidate in the policy's words."""
     return (f"minimumBuffer {format_bytes(params.minimum_buffer)}, scaleDown.stabilizationWindow "
-            f"{format_duration(params.scale_down.window_s)}")
+            + format_duration(params.scale_down.window_s))
 
 
 def choose(costs: Costs, own: int, choice: Choice) -> int:
