@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 from collections.abc import Sequence
 from pathlib import Path
@@ -144,3 +145,12 @@ def test_a_policy_that_balances_the_host_is_replayed_on_one_host_whatever_the_wo
     assert [one[f] for f in figures] == [two[f] for f in figures]
     # on one host of 40 GiB, VM 2 keeps more than the 80 % of its own 8 GiB a host of its own would give it
     assert one["pressure_fraction"] == 0
+
+
+def test_a_replay_in_this_process_leaves_nothing_frozen(tmp_path: Path) -> None:
+    """The replay freezes what it built (the cyclic GC would rescan it every step); a caller's
+    process gets its collector back as it was, and the engine's pass its way with young objects."""
+    rows = [(1, t * 300, 8, 1 + (t % 3)) for t in range(50)]
+    assert gc.get_freeze_count() == 0
+    replay(load_traces(write_trace(tmp_path / "t.csv", rows)), DynamicMemory(), PARAMS)
+    assert gc.get_freeze_count() == 0

@@ -25,8 +25,9 @@ import multiprocessing
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -231,6 +232,20 @@ def _replay_nth(n: int) -> _Score:
     return _replay_part(_parts[n])
 
 
+@contextmanager
+def _frozen() -> Iterator[None]:
+    """The objects made so far kept out of the cyclic GC's scans (`gc.freeze`), and the process
+    left as it was after: a caller that replays in its own process (a test, a notebook) would
+    otherwise keep them frozen for good, and the engine's pass would pause the collector plainly."""
+    first = gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        yield
+    finally:
+        if first:
+            gc.unfreeze()
+
+
 def _replay_part(part: _Part) -> _Score:
     """The replay of the part's VMs (see `replay`)."""
     traces, policy, setting_of, t0 = part.traces, part.policy, part.setting_of, part.t0
@@ -246,53 +261,53 @@ def _replay_part(part: _Part) -> _Score:
     keys = [tr.vm for tr in traces]
     score = _Score()
     rounds = _rounds(traces, t0)
-    gc.freeze()  # millions of long-lived tuples: keep the cyclic GC from rescanning them every step
-    for k in tqdm(sorted(rounds), desc=f"replay {policy.name}", unit="step", disable=not part.progress,
-                  mininterval=1.0):
-        members = rounds[k]
-        entries = []
-        for j, i in members:
-            tr = traces[j]
-            t, prov = tr.ts[i], tr.provisioned[i]
-            log = resizes[j]
-            while log and log[0][0] <= t - 3600:
-                log.popleft()
-            grows = sum(1 for _, a in log if a is _GROW) if log else 0  # most VMs: none this hour
-            vm = VMState(keys[j], NODE, assigned[j], GIB if prov > GIB else prov, prov, 0, last_grow[j],
-                         grows, len(log) - grows)
-            if setting_of is None:
-                entries.append(Entry(vm, history[j].signal(t), params))
-            else:
-                day, in_use = int((t - t0) // DAY_S), today[j]
-                if in_use is None or in_use[0] != day:  # a VM's setting changes only from one day to the next
-                    p = replay_params(setting_of(part.indexes[j], day))
-                    spec = policy.signal_spec(p)
-                    kept = by_spec[j]
-                    if spec not in kept:
-                        kept[spec] = _replayed_history(spec, traces[j], i)
-                    in_use = today[j] = (day, p, kept[spec])
-                entries.append(Entry(vm, in_use[2].signal(t), in_use[1]))
-        decisions = policy.plan(entries, None, part.nows[k])  # single VMs: no cluster limits
-        for (j, i), d in zip(members, decisions, strict=True):
-            tr = traces[j]
-            t, prov, usage = tr.ts[i], tr.provisioned[i], tr.usage[i]
-            before = assigned[j]
-            lo = GIB if prov > GIB else prov
-            after = prov if d.target >= prov else lo if d.target <= lo else d.target
-            forced = d.limited is Limit.BOUNDS or after != d.target
-            score.count(before, after, prov, usage, forced, d.why_code)
-            assigned[j] = after
-            own = after != before and not forced  # the trace moving its bounds is not our decision
-            if own:
-                if after > before:
-                    last_grow[j] = t
-                resizes[j].append((t, _GROW if after > before else Action.SHRINK))
-            if usage > 0:
+    with _frozen():  # millions of long-lived tuples: keep the cyclic GC from rescanning them every step
+        for k in tqdm(sorted(rounds), desc=f"replay {policy.name}", unit="step", disable=not part.progress,
+                      mininterval=1.0):
+            members = rounds[k]
+            entries = []
+            for j, i in members:
+                tr = traces[j]
+                t, prov = tr.ts[i], tr.provisioned[i]
+                log = resizes[j]
+                while log and log[0][0] <= t - 3600:
+                    log.popleft()
+                grows = sum(1 for _, a in log if a is _GROW) if log else 0  # most VMs: none this hour
+                vm = VMState(keys[j], NODE, assigned[j], GIB if prov > GIB else prov, prov, 0, last_grow[j],
+                             grows, len(log) - grows)
                 if setting_of is None:
-                    history[j].push(t, usage)
+                    entries.append(Entry(vm, history[j].signal(t), params))
                 else:
-                    for h in by_spec[j].values():
-                        h.push(t, usage)
+                    day, in_use = int((t - t0) // DAY_S), today[j]
+                    if in_use is None or in_use[0] != day:  # a VM's setting changes only from one day to the next
+                        p = replay_params(setting_of(part.indexes[j], day))
+                        spec = policy.signal_spec(p)
+                        kept = by_spec[j]
+                        if spec not in kept:
+                            kept[spec] = _replayed_history(spec, traces[j], i)
+                        in_use = today[j] = (day, p, kept[spec])
+                    entries.append(Entry(vm, in_use[2].signal(t), in_use[1]))
+            decisions = policy.plan(entries, None, part.nows[k])  # single VMs: no cluster limits
+            for (j, i), d in zip(members, decisions, strict=True):
+                tr = traces[j]
+                t, prov, usage = tr.ts[i], tr.provisioned[i], tr.usage[i]
+                before = assigned[j]
+                lo = GIB if prov > GIB else prov
+                after = prov if d.target >= prov else lo if d.target <= lo else d.target
+                forced = d.limited is Limit.BOUNDS or after != d.target
+                score.count(before, after, prov, usage, forced, d.why_code)
+                assigned[j] = after
+                own = after != before and not forced  # the trace moving its bounds is not our decision
+                if own:
+                    if after > before:
+                        last_grow[j] = t
+                    resizes[j].append((t, _GROW if after > before else Action.SHRINK))
+                if usage > 0:
+                    if setting_of is None:
+                        history[j].push(t, usage)
+                    else:
+                        for h in by_spec[j].values():
+                            h.push(t, usage)
     return score
 
 
