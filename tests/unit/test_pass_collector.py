@@ -18,7 +18,7 @@ from dynamic_memory.quantity import GIB
 NOW = 1_800_000_000.0
 
 
-def fleet(vms: int = 200) -> tuple[list[Entry], Cluster]:
+def fleet(vms: int = 1000) -> tuple[list[Entry], Cluster]:
     params = PolicyParams(startup=2 * GIB, minimum=2 * GIB, maximum=32 * GIB)
     entries = [Entry(VMState(f"ns/vm-{i}", f"n{i % 4}", (2 + i % 5) * GIB, 2 * GIB, 32 * GIB),
                      DemandSignal((1 + i % 7) * GIB, (1 + i % 7) * GIB, True), params) for i in range(vms)]
@@ -49,6 +49,14 @@ def test_decisions_go_to_the_oldest_generation_unscanned() -> None:
     assert in_generation(decisions, 0) == in_generation(decisions, 1) == 0
     assert in_generation(decisions, 2) == len(decisions)
     assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
+@pytest.mark.usefixtures("collector")
+def test_a_pass_of_few_vms_leaves_its_objects_to_the_young_collections() -> None:
+    """Fewer than the young generation's threshold: moving them would save less than it costs."""
+    decisions = plan(*fleet(gc.get_threshold()[0]), NOW)
+    assert in_generation(decisions, 2) == 0
+    assert in_generation(decisions, 0) + in_generation(decisions, 1) == len(decisions)
 
 
 class Cycle:
@@ -106,7 +114,7 @@ def test_keeping_the_count_takes_a_bounded_number_of_collections_a_pass() -> Non
     """Past its threshold the count makes a full collection due, whatever its value. Kept whole, it
     grew by one a pass while no full collection came, and so did the collections restoring it
     (tests/unit/test_simulator.py took 11.0 s against 6.6 before the pass's objects were moved)."""
-    entries, cluster = fleet(5)
+    entries, cluster = fleet()
     gc.collect()
     young = gc.get_stats()[1]["collections"]
     passes = 60
