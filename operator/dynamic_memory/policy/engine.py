@@ -105,20 +105,20 @@ def cyclic_gc_paused(vms: int) -> Iterator[None]:
     process, took 113 s instead of 43 with it asked every step).
     """
     was_enabled = gc.isenabled()
-    promote = GENERATIONAL and vms > gc.get_threshold()[0] and gc.get_freeze_count() == 0
-    if was_enabled and promote:
+    promote = was_enabled and GENERATIONAL and vms > gc.get_threshold()[0] and gc.get_freeze_count() == 0
+    if promote:
         gc.collect(1)
     gc.disable()
     try:
         yield
     finally:
+        if promote:
+            towards_full = min(gc.get_count()[2], gc.get_threshold()[2] + 1)  # past its threshold: due
+            gc.freeze()
+            gc.unfreeze()
+            for _ in range(towards_full):  # the young generations are empty: each of these is a count
+                gc.collect(1)
         if was_enabled:
-            if promote:
-                towards_full = min(gc.get_count()[2], gc.get_threshold()[2] + 1)  # past its threshold: due
-                gc.freeze()
-                gc.unfreeze()
-                for _ in range(towards_full):  # the young generations are empty: each of these is a count
-                    gc.collect(1)
             gc.enable()
 
 
